@@ -1,0 +1,69 @@
+# vmdnet: build, regress (OpenBSD bsd.regress.mk style), bench, lint, asan.
+#
+# Each run-regress-* target prints SUCCESS, FAIL or SKIPPED (with a reason) and
+# the summary fails when any target failed.
+
+PYTHON ?= python3
+PYTEST ?= $(PYTHON) -m pytest
+PYTEST_FLAGS ?= -q -rs
+CC ?= gcc
+CWARN = -Wall -Wextra -Wconversion -Wno-unused-parameter -std=gnu11
+CSRC = $(filter-out csrc/vn_version.c,$(wildcard csrc/*.c))
+
+REGRESS_TARGETS = run-regress-unit run-regress-ctest run-regress-offload-oracle
+
+.PHONY: all install regress bench lint asan clean $(REGRESS_TARGETS)
+
+all:
+	$(PYTHON) -m pip install -q --no-build-isolation -e '.[test]'
+
+install:
+	$(PYTHON) -m pip install -q .
+
+# Every regress target runs even if an earlier one failed; the summary decides.
+regress:
+	@rm -f .regress.log
+	@for t in $(REGRESS_TARGETS); do $(MAKE) -s $$t || echo "FAIL $$t" >> .regress.log; done
+	@if [ -f .regress.log ]; then echo "regress: FAILED:"; cat .regress.log; rm -f .regress.log; exit 1; fi
+	@echo "regress: all targets passed"
+
+# A helper: run pytest on $(1), then print the bsd.regress.mk-style verdict.
+define pytest_target
+	@echo "==> $@"
+	@$(PYTEST) $(PYTEST_FLAGS) $(1) > .$@.out 2>&1; rc=$$?; cat .$@.out; \
+	skipped=$$(grep -Eo '[0-9]+ skipped' .$@.out | head -1); rm -f .$@.out; \
+	if [ $$rc -eq 0 ]; then echo "SUCCESS $@ $${skipped:+($$skipped)}"; \
+	elif [ $$rc -eq 5 ]; then echo "SKIPPED $@ (no tests collected)"; \
+	else echo "FAIL $@"; exit 1; fi
+endef
+
+run-regress-unit:
+	$(call pytest_target,tests/unit)
+
+run-regress-offload-oracle:
+	$(call pytest_target,tests/oracle)
+
+# The C tests alone, without Python, built with the normal flags.
+run-regress-ctest:
+	@echo "==> $@"
+	@$(CC) -O2 $(CWARN) -Icsrc -DVN_VERSION='"ctest"' -o csrc/tests/ctest.bin \
+		csrc/tests/test_offload.c $(CSRC) csrc/vn_version.c && csrc/tests/ctest.bin \
+		&& echo "SUCCESS $@" || { echo "FAIL $@"; exit 1; }
+
+# The C tests under AddressSanitizer + UBSan, aborting on the first report.
+asan:
+	@echo "==> $@"
+	@$(CC) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+		-fno-omit-frame-pointer $(CWARN) -Icsrc -DVN_VERSION='"asan"' \
+		-o csrc/tests/ctest-asan.bin csrc/tests/test_offload.c $(CSRC) csrc/vn_version.c \
+		&& csrc/tests/ctest-asan.bin && echo "SUCCESS asan" || { echo "FAIL asan"; exit 1; }
+
+bench:
+	$(PYTHON) -m bench.offload
+
+lint:
+	$(PYTHON) -m ruff check vmdnet tests bench
+
+clean:
+	rm -rf build dist *.egg-info csrc/tests/*.bin vmdnet/_native/_vn.c \
+		vmdnet/_native/*.o vmdnet/_native/*.so bench/results .pytest_cache .ruff_cache
