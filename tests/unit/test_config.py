@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,25 @@ def test_example_config_macros_from_command_line(tmp_path: Path) -> None:
     rc, out, err = run_check(["-n", "-D", "kernel=/srv/k", "-f", str(path)])
     assert rc == 0, err
     assert out.count('boot "/srv/k"') == 2
+
+
+def man_examples() -> list[str]:
+    """The configuration examples (literal displays) of man/vmdnet.conf.5's EXAMPLES."""
+    page = (CONFIG_DIR.parent.parent / "man" / "vmdnet.conf.5").read_text()
+    section = page.split("\n.Sh EXAMPLES\n", 1)[1].split("\n.Sh ", 1)[0]
+    blocks = re.findall(r"^\.Bd -literal -offset indent\n(.*?)^\.Ed$", section, re.M | re.S)
+    return [b for b in blocks if not b.startswith("# ")]  # shell commands are not configs
+
+
+def test_man_page_examples_parse() -> None:
+    examples = man_examples()
+    assert len(examples) == 2
+    first = parse_text(examples[0], macros={"kernel": "/srv/vm/bzImage"})
+    assert [v.name for v in first.vms] == ["alpha", "beta"]
+    assert first.vms[1].interfaces[0].offloads == frozenset()
+    # The page's example owner is a user that need not exist here.
+    second = parse_text(examples[1].replace("owner alice", "owner root"))
+    assert len(second.vms[0].interfaces) == 2
 
 
 # -- lexer ----------------------------------------------------------------------
