@@ -156,7 +156,11 @@ class Listener:
 
 
 def _unlink_stale(path: str) -> None:
-    """Remove a socket left at `path` by a dead process; refuse to remove anything else."""
+    """Remove a socket left at `path` by a dead process; refuse to remove anything else.
+
+    Liveness is probed by connecting: a live owner sees that probe as a connection
+    that ends at once (EOF before any message), which its accept loop survives.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
