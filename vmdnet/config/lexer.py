@@ -116,8 +116,11 @@ class _Macro:
     used: bool = False
 
 
-class _LexError(Exception):
-    """A lexical error: the message, and whether the rest of the line must be skipped."""
+class LexError(Exception):
+    """A lexical or include error: the message, and whether to skip the rest of the line.
+
+    Used within the package only: the parser turns it into a Diagnostic.
+    """
 
     def __init__(self, message: str, skip_line: bool = True) -> None:
         super().__init__(message)
@@ -146,26 +149,26 @@ class Lexer:
     def push_include(self, target: str) -> None:
         """Continue with the file target (relative to the current file's directory).
 
-        Raises _LexError (message only) when the file cannot be included; a
+        Raises LexError (message only) when the file cannot be included; a
         file that is read but not valid UTF-8 raises ConfigError at its line.
         """
         files = [s for s in self._stack if not s.expansion]
         current = files[-1]
         path = target if os.path.isabs(target) else os.path.join(current.directory, target)
         if len(files) >= MAX_INCLUDE_DEPTH:
-            raise _LexError(f"includes nested too deeply (at most {MAX_INCLUDE_DEPTH})")
+            raise LexError(f"includes nested too deeply (at most {MAX_INCLUDE_DEPTH})")
         if self._included >= MAX_INCLUDED_FILES:
-            raise _LexError(f"too many included files (at most {MAX_INCLUDED_FILES})")
+            raise LexError(f"too many included files (at most {MAX_INCLUDED_FILES})")
         real = os.path.realpath(path)
         if any(s.realpath == real for s in files):
             chain = " -> ".join([s.name for s in files] + [path])
-            raise _LexError(f"include cycle: {chain}")
+            raise LexError(f"include cycle: {chain}")
         try:
             text = read_config_file(path)
         except ConfigError as exc:
             if exc.line > 0:
                 raise
-            raise _LexError(f"failed to include file {target}: {exc.message}") from None
+            raise LexError(f"failed to include file {target}: {exc.message}") from None
         self._included += 1
         self.push_text(text, path, os.path.dirname(path), real)
 
@@ -247,20 +250,13 @@ class Lexer:
         ]
 
     def _expand(self) -> None:
-        name = []
-        while True:
-            char = self._getc()
-            if char is None or char[0] not in _MACRO_CHARS:
-                self._unget(char)
-                break
-            name.append(char[0])
-            if len(name) > MAX_TOKEN_LEN:
-                raise _LexError("macro name too long")
+        name: list[str] = []
+        self._unget(self._take(name, _MACRO_CHARS))
         if not name:
-            raise _LexError("macro name expected after '$'")
+            raise LexError("macro name expected after '$'")
         macro = self._macros.get("".join(name))
         if macro is None:
-            raise _LexError(f"macro '{''.join(name)}' not defined")
+            raise LexError(f"macro '{''.join(name)}' not defined")
         macro.used = True
         src = self._file()
         self._stack.append(
@@ -279,7 +275,7 @@ class Lexer:
             file, line = self.where()
             try:
                 token = self._token(char, file, line)
-            except _LexError as exc:
+            except LexError as exc:
                 self._diags.append(Diagnostic(file, line, exc.message))
                 skipped = self._skip_line() if exc.skip_line else ""
                 return Token(Kind.ERROR, skipped, file, line)
@@ -326,19 +322,19 @@ class Lexer:
         while True:
             char = self._raw(in_quotes=True)
             if char is None:
-                raise _LexError("reached end of file while parsing quoted string", False)
+                raise LexError("reached end of file while parsing quoted string", False)
             ch = char[0]
             if ch == "\n":
                 self._unget(char)
-                raise _LexError("unterminated quoted string", False)
+                raise LexError("unterminated quoted string", False)
             if ch == quote:
                 return Token(Kind.STRING, "".join(buf), file, line, quoted=True)
             if ch == "\0":
-                raise _LexError("NUL character in quoted string")
+                raise LexError("NUL character in quoted string")
             if ch == "\\":
                 nxt = self._raw(in_quotes=True)
                 if nxt is None:
-                    raise _LexError("reached end of file while parsing quoted string", False)
+                    raise LexError("reached end of file while parsing quoted string", False)
                 if nxt[0] == "\n":
                     self._newline_seen()
                     continue
@@ -348,16 +344,21 @@ class Lexer:
                     self._unget(nxt)
             buf.append(ch)
             if len(buf) > MAX_TOKEN_LEN:
-                raise _LexError("string too long")
+                raise LexError("string too long")
+
+    def _take(self, buf: list[str], allowed: frozenset[str]) -> _Char | None:
+        """Append characters in allowed to buf; return the first other one (None at the end)."""
+        while True:
+            char = self._getc()
+            if char is None or char[0] not in allowed:
+                return char
+            buf.append(char[0])
+            if len(buf) > MAX_TOKEN_LEN:
+                raise LexError("string too long")
 
     def _number(self, first: str, file: str, line: int) -> Token:
         buf = [first]
-        char = self._getc()
-        while char is not None and char[0] in _DIGITS:
-            buf.append(char[0])
-            if len(buf) > MAX_TOKEN_LEN:
-                raise _LexError("string too long")
-            char = self._getc()
+        char = self._take(buf, _DIGITS)
         if buf == ["-"]:
             self._unget(char)
             return Token(Kind.PUNCT, "-", file, line)
@@ -374,14 +375,7 @@ class Lexer:
         return self._word(buf, file, line)
 
     def _word(self, buf: list[str], file: str, line: int) -> Token:
-        while True:
-            char = self._getc()
-            if char is None or char[0] not in _WORD_CHARS:
-                self._unget(char)
-                break
-            buf.append(char[0])
-            if len(buf) > MAX_TOKEN_LEN:
-                raise _LexError("string too long")
+        self._unget(self._take(buf, _WORD_CHARS))
         text = "".join(buf)
         kind = Kind.KEYWORD if text in KEYWORDS else Kind.STRING
         return Token(kind, text, file, line)

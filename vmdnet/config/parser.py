@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 from vmdnet.config.errors import ConfigError, Diagnostic, InvalidValue
-from vmdnet.config.lexer import Kind, Lexer, Token, _LexError, read_config_file
+from vmdnet.config.lexer import Kind, Lexer, LexError, Token, read_config_file
 from vmdnet.config.limits import MAX_NICS_PER_VM, RSC_INTERVAL_DEFAULT_US, MiB
 from vmdnet.config.model import (
     OFFLOAD_TSO4,
@@ -32,6 +32,7 @@ from vmdnet.config.model import (
     Globals,
     Interface,
     Location,
+    Owner,
     Switch,
     Vm,
     Vmm,
@@ -74,6 +75,15 @@ _TOP_LEVEL = {
     "vmm": "_vmm",
     "switch": "_switch",
     "vm": "_vm",
+}
+
+
+# Two-state keywords: keyword -> (model field, value).
+_FLAGS = {
+    "up": ("up", True),
+    "down": ("up", False),
+    "enable": ("enabled", True),
+    "disable": ("enabled", False),
 }
 
 
@@ -291,7 +301,7 @@ class _Parser:
         self._end_of_statement()
         try:
             self._lex.push_include(target)
-        except _LexError as exc:
+        except LexError as exc:
             self._error(start, exc.message)
         except ConfigError as exc:
             self._diags.extend(exc.errors)
@@ -325,7 +335,7 @@ class _Parser:
         if owner is not None:
             self._globals["socket_owner"] = owner
 
-    def _owner(self) -> Any:
+    def _owner(self) -> Owner | None:
         tok, spec = self._string("USER[:GROUP]")
         return self._check(tok, resolve_owner, spec)
 
@@ -387,29 +397,35 @@ class _Parser:
         word = tok.text if tok.kind is Kind.KEYWORD else None
         if word == "interface":
             self._next()
-            itok, text = self._string("bridge interface name")
-            if self._once(block, "ifname", tok):
-                block.fields["ifname"] = self._check(itok, valid_ifname, text)
+            self._valued(tok, block, "ifname", "bridge interface name", valid_ifname)
         elif word == "group":
             self._group(block)
         elif word == "locked":
             self._next()
             self._expect_keyword("lladdr")
             block.fields["locked"] = True
-        elif word in ("up", "down"):
-            self._next()
-            block.fields["up"] = word == "up"
-        elif word in ("enable", "disable"):
-            self._next()
-            block.fields["enabled"] = word == "enable"
+        elif word in _FLAGS:
+            self._flag(block, word)
         else:
             self._unknown(tok, "in a switch block")
 
+    def _flag(self, block: _Block, word: str) -> None:
+        """up/down, enable/disable: the last one given wins (as in vmd)."""
+        self._next()
+        key, value = _FLAGS[word]
+        block.fields[key] = value
+
+    def _valued(
+        self, tok: Token, block: _Block, key: str, what: str, check: Callable[..., Any], *args: Any
+    ) -> Token:
+        """The string after keyword tok, validated by check into block.fields[key], once."""
+        vtok, text = self._string(what)
+        if self._once(block, key, tok, tok.text):
+            block.fields[key] = self._check(vtok, check, text, *args)
+        return vtok
+
     def _group(self, block: _Block) -> None:
-        tok = self._next()
-        gtok, text = self._string("group name")
-        if self._once(block, "group", tok):
-            block.fields["group"] = self._check(gtok, valid_ifgroup, text)
+        self._valued(self._next(), block, "group", "group name", valid_ifgroup)
 
     def _vm(self) -> None:
         start = self._next()
@@ -439,18 +455,17 @@ class _Parser:
         block = state.block
         if word == "memory":
             self._memory(block)
+        elif word == "boot" and self._vmd_boot_device():
+            self._error(tok, "boot device: vmd option not supported by vmdnet")
+            raise _Syntax()
         elif word in ("boot", "initrd"):
             self._next()
-            ptok, text = self._string(f"{word} path")
-            if self._once(block, word, tok):
-                block.fields[word] = self._check(ptok, valid_path, text, f"{word} path")
-                state.where[word] = tok
+            self._valued(tok, block, word, f"{word} path", valid_path, f"{word} path")
+            state.where[word] = tok
         elif word == "cmdline":
             self._next()
-            ctok, text = self._string("kernel command line")
-            if self._once(block, word, tok):
-                block.fields[word] = self._check(ctok, valid_cmdline, text)
-                state.where[word] = tok
+            self._valued(tok, block, word, "kernel command line", valid_cmdline)
+            state.where[word] = tok
         elif word == "disk":
             self._disk(state)
         elif word == "interfaces":
@@ -469,10 +484,14 @@ class _Parser:
             if self._once(block, "owner", tok) and owner is not None:
                 block.fields["owner"] = owner
         elif word in ("enable", "disable"):
-            self._next()
-            block.fields["enabled"] = word == "enable"
+            self._flag(block, word)
         else:
             self._unknown(tok, "in a vm block")
+
+    def _vmd_boot_device(self) -> bool:
+        """Whether "boot" is followed by vmd's unquoted "device" (boot device cdrom)."""
+        nxt = self._peek(1)
+        return self._is(nxt, Kind.STRING, "device") and not nxt.quoted
 
     def _memory(self, block: _Block) -> None:
         tok = self._next()
@@ -524,7 +543,7 @@ class _Parser:
         if index >= MAX_NICS_PER_VM:
             self._error(start, f"too many interfaces: {index + 1} (at most {MAX_NICS_PER_VM})")
             return
-        self._iface_conflicts(start, block)
+        self._iface_conflicts(block)
         fields = {k: v for k, v in block.fields.items() if not k.startswith("_")}
         state.interfaces.append(
             Interface(index=index, where=Location(start.file, start.line), **fields)
@@ -540,7 +559,7 @@ class _Parser:
             if self._is(self._peek(), Kind.PUNCT, ","):
                 self._next()
 
-    def _iface_conflicts(self, start: Token, block: _Block) -> None:
+    def _iface_conflicts(self, block: _Block) -> None:
         fields = block.fields
         if fields["local"] and fields.get("switch") is not None:
             self._error(block.fields["_switch_tok"], "a local interface cannot be on a switch")
@@ -553,17 +572,15 @@ class _Parser:
         word = tok.text if tok.kind is Kind.KEYWORD else None
         if word == "switch":
             self._next()
-            stok, name = self._string("switch name")
-            if self._once(block, "switch", tok):
-                block.fields["switch"] = self._check(stok, valid_switch_name, name)
-                block.fields["_switch_tok"] = stok
+            block.fields["_switch_tok"] = self._valued(
+                tok, block, "switch", "switch name", valid_switch_name
+            )
         elif word in ("locked", "lladdr"):
             self._lladdr(block)
         elif word == "group":
             self._group(block)
         elif word in ("up", "down"):
-            self._next()
-            block.fields["up"] = word == "up"
+            self._flag(block, word)
         elif word == "offload":
             self._offload(block)
         elif word == "rsc":
@@ -573,9 +590,7 @@ class _Parser:
         elif word == "vhost-user":
             self._next()
             self._expect_keyword("socket")
-            ptok, path = self._string("socket path")
-            if self._once(block, "vhost-user", tok, "vhost-user socket"):
-                block.fields["vhost_user_socket"] = self._check(ptok, valid_socket_path, path)
+            self._valued(tok, block, "vhost_user_socket", "socket path", valid_socket_path)
         else:
             self._unknown(tok, "in an interface block")
 
