@@ -10,7 +10,8 @@ CC ?= gcc
 CWARN = -Wall -Wextra -Wconversion -Wno-unused-parameter -std=gnu11
 CSRC = $(filter-out csrc/vn_version.c,$(wildcard csrc/*.c))
 
-REGRESS_TARGETS = run-regress-unit run-regress-ctest run-regress-offload-oracle
+REGRESS_TARGETS = run-regress-unit run-regress-ctest run-regress-config \
+	run-regress-offload-oracle
 
 .PHONY: all install regress bench lint asan clean $(REGRESS_TARGETS)
 
@@ -40,6 +41,10 @@ endef
 run-regress-unit:
 	$(call pytest_target,tests/unit)
 
+# vm.conf regress pairs (tests/config/NN-x.conf + NN-x.ok), as regress/usr.sbin/vmd/config.
+run-regress-config:
+	$(call pytest_target,tests/unit/test_config.py)
+
 run-regress-offload-oracle:
 	$(call pytest_target,tests/oracle)
 
@@ -63,6 +68,7 @@ bench:
 
 lint:
 	$(PYTHON) -m ruff check vmdnet tests bench
+	@out=$$(mandoc -Tlint -Wwarning man/*.[1-9] 2>&1); if [ -n "$$out" ]; then echo "$$out"; exit 1; fi
 
 clean:
 	rm -rf build dist *.egg-info csrc/tests/*.bin vmdnet/_native/_vn.c \
