@@ -37,9 +37,10 @@ __all__ = [
 MAX_FRAME = lib.VN_MAX_FRAME
 USO_MAX_SEGS = lib.VN_USO_MAX_SEGS
 # The smallest gso_size is 1, so a maximal frame splits into at most this many
-# segments; each carries at most a header's worth of extra bytes.
+# segments.  What each repeats (L2-L4 headers; IPv6 extension headers make that
+# up to a few KiB) is measured per frame by _segment_room, not assumed.
 _MAX_SEGS = MAX_FRAME
-_MAX_HDR = 14 + 8 + 60 + 8 + 60  # Ethernet, two VLAN tags, IP with options, frag hdr, TCP
+_V6_FRAG_HLEN = 8  # the fragment header UFO over IPv6 adds to every fragment
 
 
 class Reason(enum.IntEnum):
@@ -119,6 +120,18 @@ def _new_frag_id() -> int:
     return int.from_bytes(os.urandom(4), "big")
 
 
+def _segment_room(hdr: VnetHdr, buf, n: int) -> tuple[int, int]:
+    """(segments, arena bytes) a validated frame can need: each segment repeats
+    the frame's L2-L4 headers, plus a fragment header for UFO over IPv6."""
+    pkt = ffi.new("struct vn_pkt *")
+    _check(lib.vn_validate(_c_hdr(hdr), buf, n, pkt))
+    gso_size = hdr.gso_size & 0xFFFF
+    if hdr.gso_type & 0xFF == VIRTIO_NET_HDR_GSO_NONE or not pkt.l4_off or not gso_size:
+        return 1, n
+    segs = min(_MAX_SEGS, max(1, -(-(n - pkt.l4_off) // gso_size)))
+    return segs, n + segs * (pkt.l4_off + pkt.l4_hlen + _V6_FRAG_HLEN)
+
+
 def segment(hdr: VnetHdr, frame: bytes | bytearray | memoryview,
             v6_frag_id: int | None = None) -> list[bytes]:
     """Software GSO: the packets a tap without offloads would emit for this write.
@@ -129,8 +142,7 @@ def segment(hdr: VnetHdr, frame: bytes | bytearray | memoryview,
     """
     buf = ffi.from_buffer(frame)
     n = len(buf)
-    max_segs = min(_MAX_SEGS, max(1, n))
-    cap = n + max_segs * _MAX_HDR
+    max_segs, cap = _segment_room(hdr, buf, n)
     out = ffi.new("uint8_t[]", cap)
     lens = ffi.new("uint32_t[]", max_segs)
     fid = _new_frag_id() if v6_frag_id is None else v6_frag_id & 0xFFFFFFFF
