@@ -162,6 +162,19 @@ def test_connect_gives_up(tmp_path) -> None:
         vus.connect(str(tmp_path / "nobody"), attempts=3, sleep=lambda d: None)
 
 
+def test_from_fd_adopts_connected_socket_only() -> None:
+    front, back = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    front_send(front, fr.frame(fr.GET_QUEUE_NUM), [])
+    with vus.from_fd(back.detach()) as conn:
+        assert conn.pump(Backend(OFFER)) == []
+        assert fr.parse_replies(front.recv(64))[0][0] == fr.GET_QUEUE_NUM
+    front.close()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with pytest.raises(ValueError):
+        vus.from_fd(udp.fileno())
+    udp.close()
+
+
 def test_print_capabilities() -> None:
     out = io.StringIO()
     print_capabilities(out)

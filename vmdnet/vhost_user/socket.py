@@ -9,6 +9,7 @@ Roles (vhost-user.rst: either side may listen):
                  socket left at `path` by a dead process is unlinked first.
   connect(path)  back-end is the client (QEMU `server=on`), retried with
                  exponential backoff while the VMM is not listening yet.
+  from_fd(fd)    an inherited connected socket (`--fd=FDNUM` convention).
 
 A Connection reports end of file by pump() returning None: the caller then
 calls backend.disconnect() and waits for the VMM to come back (accept() again,
@@ -181,6 +182,15 @@ def _unlink_stale(path: str) -> None:
 def listen(path: str) -> Listener:
     """Listen at `path` (back-end as server)."""
     return Listener(path)
+
+
+def from_fd(fd: int) -> Connection:
+    """Adopt an already connected socket passed by number (the `--fd=FDNUM` convention)."""
+    sock = socket.socket(fileno=fd)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise ValueError(f"fd {fd} is not an AF_UNIX stream socket")
+    return Connection(sock)
 
 
 def connect(path: str, *, attempts: int = CONNECT_ATTEMPTS,
