@@ -51,9 +51,9 @@ VNET_HDR_SZ = 12
 # its Ethernet header), so that no single-packet frame of a test is dropped by
 # the bridge's MTU check.
 ORACLE_MTU = 65535 - 14
-# Tap B's queue: a USO write yields up to 128 packets, gso_size 1 on a jumbo
-# payload more; tun drops what does not fit, so keep it deep.
-ORACLE_TXQLEN = 16384
+# Tap B's queue (tun drops what does not fit): room for the most packets one
+# write can make (gso_size 1 on a 64 KiB frame) plus the fence.
+ORACLE_TXQLEN = 65536 + 64
 # Largest read from tap B: a 64 KiB packet, its header, two VLAN tags.
 READ_MAX = 65536 + VNET_HDR_SZ + 64
 # The fence frame's EtherType: IEEE 802 "local experimental" 1.
@@ -234,20 +234,19 @@ class TapPair:
     def _read_b(self, deadline: float) -> bytes | None:
         """One frame from tap B (its vnet header checked and stripped), None at the deadline."""
         while True:
+            try:
+                raw = os.read(self.b.fd, READ_MAX)
+                break
+            except BlockingIOError:
+                pass
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            ready, _, _ = select.select([self.b.fd], [], [], left)
-            if not ready:
-                return None
-            try:
-                raw = os.read(self.b.fd, READ_MAX)
-            except BlockingIOError:
-                continue
-            hdr = VnetHdr.unpack(raw, VNET_HDR_SZ)
-            if hdr.gso_type != 0 or hdr.flags & 1:
-                raise OracleError(f"tap B (offload 0) handed out an offloaded packet: {hdr}")
-            return raw[VNET_HDR_SZ:]
+            select.select([self.b.fd], [], [], left)
+        hdr = VnetHdr.unpack(raw, VNET_HDR_SZ)
+        if hdr.gso_type != 0 or hdr.flags & 1:
+            raise OracleError(f"tap B (offload 0) handed out an offloaded packet: {hdr}")
+        return raw[VNET_HDR_SZ:]
 
     def _collect(self, src: bytes, token: int, timeout: float) -> list[bytes]:
         deadline = time.monotonic() + timeout
