@@ -34,8 +34,8 @@ events back and sends data_to_send() to the front-end after each call.
               connection in its initial state.
 
 REPLY_ACK: a request with need_reply and no reply of its own is answered with a
-u64 status (0 = done), whether or not REPLY_ACK was negotiated (as QEMU's and
-DPDK's back-ends do).  NET_SET_MTU outside 68..65535 answers 1.
+u64 status (0 = done), whether or not REPLY_ACK was negotiated (as libvhost-user and
+DPDK's vhost library do).  NET_SET_MTU outside 68..65535 answers 1.
 
 Errors: any bad request raises VhostUserError (its .events holds the events of
 the requests handled before it); the connection is dead: call disconnect().

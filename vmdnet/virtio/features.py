@@ -14,7 +14,7 @@ bits alongside VIRTIO_NET_F_RSC_EXT.  vmdnet is a net device behind QEMU, so
 41/42 are named GUEST_RSC4/6 here and ADMIN_VQ is not named.
 
 Helpers:
-  bit(n)                 -> mask
+  bit(n)                 -> mask;  has(features, n) -> bool
   names(bits)            -> ["VIRTIO_NET_F_CSUM", ...] (unknown bits as "bitNN")
   parse_names(list)      -> mask; accepts full names, short names ("csum",
                             "guest_tso4", "version_1") and "bitNN"
