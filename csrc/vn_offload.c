@@ -6,15 +6,29 @@
  * What the guest writes is what a Linux tap with IFF_VNET_HDR would be handed,
  * so the rules here are the kernel's (tun_vnet_hdr_get, virtio_net_hdr_to_skb,
  * tcp_gso_segment, __udp_gso_segment, udp4/6 UFO and inet/ipv6_gso_segment),
- * re-derived and written for this project, with these deliberate extra refusals
- * (the kernel accepts the write but drops or mangles the packet later):
- *   - GSO without NEEDS_CSUM (every virtio driver sets it with GSO);
+ * re-derived and written for this project, with these deliberate extra
+ * refusals.  The kernel accepts each of these writes; what it then does is
+ * shown, one example each, by tests/oracle/test_oracle_validate.py:
+ *   - GSO without NEEDS_CSUM (every virtio driver sets it with GSO; the kernel
+ *     checksums and segments it itself);
  *   - csum_start not exactly at the parsed TCP/UDP header, or csum_offset not
- *     the protocol's checksum field, for GSO;
- *   - ECN on a UDP gso_type; UFO with a gso_size below the UDP header size;
+ *     the protocol's checksum field, for GSO (TSO/USO: dropped when segmented;
+ *     UFO ignores both);
+ *   - ECN on a UDP gso_type (the kernel refuses it with USO, ignores it with
+ *     UFO); UFO with a gso_size below the UDP header size (split that small);
  *   - TCP GSO whose payload does not exceed gso_size once TCP options are
  *     counted (the kernel marks it GSO by a 20-byte header, then its TCP
- *     segmentation refuses it and the packet is dropped).
+ *     segmentation refuses it and the packet is dropped);
+ *   - GSO on a frame that is not the IP version and transport protocol the
+ *     gso_type names, is an IP fragment, or has more VLAN tags or IPv6
+ *     extension headers than vn_parse walks (VN_MAX_VLAN_TAGS,
+ *     VN_MAX_IPV6_EXT): the kernel drops most of these when it segments, but
+ *     does segment IPv4 fragments and deeper stacks (7 tags, 12 extension
+ *     headers seen);
+ *   - hdr_len past the end of the frame: the kernel compares hdr_len with the
+ *     bytes left after the first 10 header bytes, so with a 12-byte header it
+ *     lets hdr_len run 2 bytes past the frame;
+ *   - frames longer than VN_MAX_FRAME (a tap takes any length).
  *
  * Checksums of segments are derived the kernel's way: the guest's check field
  * holds the pseudo-header sum over the full L4 length; each segment adjusts it
@@ -103,16 +117,21 @@ static uint32_t pseudo_sum(const uint8_t *f, const struct vn_pkt *pkt, uint32_t 
 }
 
 /**
- * vn_validate() - check a virtio_net_hdr against its frame, as a tap would
+ * vn_validate_head() - vn_validate() when only the frame's first bytes are at hand
  * @h: the header (host byte order)
- * @frame: the Ethernet frame that follows it
- * @len: frame length
+ * @head: the first @head_len bytes of the frame (its protocol headers)
+ * @head_len: bytes in @head, at most @len
+ * @len: the whole frame's length
  * @pkt: receives the parsed header offsets; may be NULL
+ *
+ * For frames scattered over guest buffers: the headers are copied into
+ * @head, lengths are checked against @len.  Protocol headers reaching past
+ * @head_len count as missing (a GSO frame is then refused as VN_BAD_L3/L4).
  *
  * Return: 0 when the pair is acceptable, -enum vn_bad otherwise
  */
-int vn_validate(const struct vn_net_hdr *h, const uint8_t *frame, size_t len,
-		struct vn_pkt *pkt)
+int vn_validate_head(const struct vn_net_hdr *h, const uint8_t *head, size_t head_len,
+		     size_t len, struct vn_pkt *pkt)
 {
 	struct vn_pkt local;
 	unsigned int base = h->gso_type & ~(unsigned int)VN_GSO_ECN;
@@ -170,7 +189,9 @@ int vn_validate(const struct vn_net_hdr *h, const uint8_t *frame, size_t len,
 	if (hdr_len > len || (hdr_len > 0 && hdr_len < VN_ETH_HLEN))
 		return -VN_BAD_HDR_LEN;
 
-	parsed = vn_parse(frame, len, pkt);
+	if (head_len > len)
+		head_len = len;
+	parsed = vn_parse(head, head_len, pkt);
 	if (h->gso_type == VN_GSO_NONE)
 		return 0;
 
@@ -191,6 +212,21 @@ int vn_validate(const struct vn_net_hdr *h, const uint8_t *frame, size_t len,
 	    len - pkt->l4_off - pkt->l4_hlen <= h->gso_size)
 		return -VN_BAD_GSO_SIZE;
 	return 0;
+}
+
+/**
+ * vn_validate() - check a virtio_net_hdr against its frame, as a tap would
+ * @h: the header (host byte order)
+ * @frame: the Ethernet frame that follows it
+ * @len: frame length
+ * @pkt: receives the parsed header offsets; may be NULL
+ *
+ * Return: 0 when the pair is acceptable, -enum vn_bad otherwise
+ */
+int vn_validate(const struct vn_net_hdr *h, const uint8_t *frame, size_t len,
+		struct vn_pkt *pkt)
+{
+	return vn_validate_head(h, frame, len, len, pkt);
 }
 
 /**

@@ -58,6 +58,8 @@ enum vn_bad {
 
 int vn_validate(const struct vn_net_hdr *h, const uint8_t *frame, size_t len,
 		struct vn_pkt *pkt);
+int vn_validate_head(const struct vn_net_hdr *h, const uint8_t *head, size_t head_len,
+		     size_t len, struct vn_pkt *pkt);
 int vn_complete_csum(const struct vn_net_hdr *h, uint8_t *frame, size_t len);
 int vn_segment(const struct vn_net_hdr *h, const uint8_t *frame, size_t len,
 	       uint32_t v6_frag_id, uint8_t *out, size_t out_cap,
