@@ -1,0 +1,242 @@
+"""The vionet device: vhost-user events in, queues, memory and tap offloads out.
+
+The control thread feeds vhost-user bytes to the sans-IO Backend and applies
+its events here: map the guest memory, start a QueueWorker per ready ring
+(virtio-net: even index = receiveq, odd = transmitq), recompute the tap's
+offloads and header size when features change, stop rings on request.  A ring
+the guest breaks is stopped (the device is reset from the guest's side: it
+restarts when the VMM sets the ring up again); the process goes on.
+
+Privileged operations on the tap (TUNSETOFFLOAD, TUNSETVNETHDRSZ) go through a
+`TapControl`: the ioctls themselves in standalone mode, a request to the
+privileged parent under vmdnetd.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from vmdnet.tun import caps as tcaps
+from vmdnet.vhost_user import Backend
+from vmdnet.vhost_user.events import (
+    Event,
+    FeaturesChanged,
+    MemTableChanged,
+    Reset,
+    VringFdsChanged,
+    VringReady,
+    VringStopped,
+)
+from vmdnet.vionet.datapath import (
+    GuestMemory,
+    MemRegion,
+    RxConfig,
+    RxPath,
+    Stats,
+    TxConfig,
+    TxPath,
+    Vring,
+)
+from vmdnet.vionet.worker import QueueWorker
+from vmdnet.virtio import features as vf
+
+log = logging.getLogger(__name__)
+
+
+class TapControl(Protocol):
+    """The privileged tap operations vionet needs."""
+
+    def set_offload(self, flags: int) -> None: ...
+
+    def set_vnet_hdr_sz(self, size: int) -> None: ...
+
+
+@dataclass
+class _Queue:
+    vring: Vring
+    path: TxPath | RxPath
+    worker: QueueWorker | None = None
+
+
+class Vionet:
+    """One virtio-net device over vhost-user, backed by one tap queue."""
+
+    def __init__(self, tap_fd: int, tap_ctl: TapControl, tap_caps: tcaps.TapCaps, *,
+                 discard: bool = False, queue_pairs: int = 1) -> None:
+        self.tap_fd = tap_fd
+        self.tap_ctl = tap_ctl
+        self.caps = tap_caps
+        self.discard = discard
+        self.backend = Backend(tcaps.offered_features(tap_caps), queue_pairs=queue_pairs,
+                               stop_vring=self._stop_vring)
+        self.mem = GuestMemory()
+        self.queues: dict[int, _Queue] = {}
+        self.rx_stats = Stats()
+        self.tx_stats = Stats()
+        self.acked = 0
+        self.hdr_sz = 12
+        self.tap_offload = 0
+        self.counters = {"connections": 0, "disconnects": 0, "protocol_errors": 0,
+                         "ring_resets": 0, "feature_changes": 0}
+        self.started = time.monotonic()
+
+    # --- vhost-user events -------------------------------------------------
+    def handle(self, events: list[Event]) -> None:
+        """Apply the Backend's events in order."""
+        for ev in events:
+            if isinstance(ev, FeaturesChanged):
+                self._features(ev.features)
+            elif isinstance(ev, MemTableChanged):
+                self._mem_table(ev)
+            elif isinstance(ev, VringReady):
+                self._start_ring(ev)
+            elif isinstance(ev, VringFdsChanged):
+                self._fds_changed(ev)
+            elif isinstance(ev, Reset):
+                self._reset(ev.device_state_cleared)
+            elif isinstance(ev, VringStopped):
+                log.debug("vring %d stopped at avail index %d", ev.index, ev.last_avail_idx)
+
+    def _features(self, acked: int) -> None:
+        self.acked = acked
+        self.counters["feature_changes"] += 1
+        hdr_sz = vf.net_hdr_size(acked)
+        if self.caps.vnet_hdr and hdr_sz != self.hdr_sz:
+            self.tap_ctl.set_vnet_hdr_sz(hdr_sz)
+        self.hdr_sz = hdr_sz
+        flags = tcaps.tun_offload_flags(acked, self.caps)
+        if self.caps.vnet_hdr:
+            self.tap_ctl.set_offload(flags)
+        self.tap_offload = flags
+        log.info("features %s; header %d bytes; tap offloads %#x",
+                 ",".join(n.removeprefix("VIRTIO_NET_F_") for n in vf.names(acked)),
+                 hdr_sz, flags)
+        for q in self.queues.values():
+            self._pause(q)
+            q.path.configure(self._config(isinstance(q.path, TxPath)))
+            self._resume(q)
+
+    def _config(self, tx: bool) -> TxConfig | RxConfig:
+        if tx:
+            return TxConfig.from_plan(tcaps.tx_plan(self.caps), self.hdr_sz, self.discard)
+        return RxConfig(hdr_sz=self.hdr_sz, tap_has_vnet_hdr=self.caps.vnet_hdr,
+                        mrg_rxbuf=vf.has(self.acked, vf.VIRTIO_NET_F_MRG_RXBUF),
+                        guest_csum=vf.has(self.acked, vf.VIRTIO_NET_F_GUEST_CSUM))
+
+    def _mem_table(self, ev: MemTableChanged) -> None:
+        running = [q for q in self.queues.values() if q.worker]
+        for q in running:
+            self._pause(q)
+        self.mem.unmap_all()
+        # The Backend owns the region fds; the mapping closes what it is given.
+        self.mem.map(MemRegion(fd=os.dup(r.fd), gpa=r.guest_phys_addr, size=r.memory_size,
+                               uaddr=r.userspace_addr, mmap_offset=r.mmap_offset)
+                     for r in ev.regions)
+        for q in running:
+            q.vring.translate(self.mem)
+            self._resume(q)
+
+    def _start_ring(self, ev: VringReady) -> None:
+        cfg = ev.vring
+        if cfg.packed:
+            raise ValueError("packed rings are not offered")
+        tx = cfg.index % 2 == 1
+        vring = Vring()
+        vring.setup(self.mem, cfg.num, cfg.desc_user_addr, cfg.avail_user_addr,
+                    cfg.used_user_addr, cfg.base, self.acked)
+        vring.kick_fd = -1 if cfg.kick_fd is None else cfg.kick_fd
+        vring.call_fd = -1 if cfg.call_fd is None else cfg.call_fd
+        if tx:
+            path: TxPath | RxPath = TxPath(vring, self.mem, self.tap_fd, self._config(True),
+                                           self.tx_stats)
+        else:
+            path = RxPath(vring, self.mem, self.tap_fd, self._config(False), self.rx_stats)
+        q = _Queue(vring, path)
+        self.queues[cfg.index] = q
+        self._resume(q)
+        log.info("vring %d (%s) started: %d entries, base %d", cfg.index,
+                 "tx" if tx else "rx", cfg.num, cfg.base)
+
+    def _fds_changed(self, ev: VringFdsChanged) -> None:
+        q = self.queues.get(ev.index)
+        if not q:
+            return
+        self._pause(q)
+        q.vring.kick_fd = -1 if ev.kick_fd is None else ev.kick_fd
+        q.vring.call_fd = -1 if ev.call_fd is None else ev.call_fd
+        self._resume(q)
+
+    def _stop_vring(self, index: int) -> int | None:
+        q = self.queues.pop(index, None)
+        if not q:
+            return None
+        self._pause(q)
+        return q.vring.reset()
+
+    def _reset(self, cleared: bool) -> None:
+        for index in list(self.queues):
+            self._stop_vring(index)
+        if cleared:
+            self.mem.unmap_all()
+
+    # --- queue threads -----------------------------------------------------
+    def _pause(self, q: _Queue) -> None:
+        if q.worker:
+            q.worker.stop()
+            self._note_worker_end(q.worker)
+            q.worker = None
+
+    def _resume(self, q: _Queue) -> None:
+        if q.vring.broken:
+            return
+        kick = q.vring.kick_fd
+        name = f"vionet-{'tx' if isinstance(q.path, TxPath) else 'rx'}"
+        q.worker = QueueWorker(name, q.path, None if kick < 0 else kick)
+        q.worker.start()
+
+    def _note_worker_end(self, w: QueueWorker) -> None:
+        if w.broken:
+            self.counters["ring_resets"] += 1
+
+    def reap(self) -> None:
+        """Called by the control loop: account for queues the guest broke."""
+        for q in self.queues.values():
+            if q.worker and not q.worker.is_alive():
+                self._note_worker_end(q.worker)
+                q.worker.stop()
+                q.worker = None
+
+    # --- connection lifecycle ----------------------------------------------
+    def connected(self) -> None:
+        self.counters["connections"] += 1
+
+    def disconnected(self) -> None:
+        """The VMM went away: stop everything, forget its memory, await the next one."""
+        self.counters["disconnects"] += 1
+        self.handle(self.backend.disconnect())
+        self._reset(True)
+
+    def close(self) -> None:
+        self._reset(True)
+        self.backend.close()
+
+    # --- statistics --------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Everything an operator wants to see, JSON-serializable."""
+        return {
+            "negotiated_features": [n for n in vf.names(self.acked)],
+            "header_size": self.hdr_sz,
+            "tap": {"vnet_hdr": self.caps.vnet_hdr, "offloads_allowed": sorted(self.caps.offloads),
+                    "tun_offload_flags": self.tap_offload},
+            "queues": {str(i): {"num": q.vring.num, "last_avail_idx": q.vring.last_avail_idx,
+                                "broken": q.vring.broken.name if q.vring.broken else None}
+                       for i, q in self.queues.items()},
+            "tx": self.tx_stats.as_dict(),
+            "rx": self.rx_stats.as_dict(),
+            **self.counters,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+        }

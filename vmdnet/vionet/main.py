@@ -1,0 +1,238 @@
+"""vmdnet-vionet: serve one virtio-net device over vhost-user, backed by a tap.
+
+Standalone use (like passt): it opens the tap itself (root or CAP_NET_ADMIN)
+and serves the VMM on a unix socket:
+
+    vmdnet-vionet --socket /run/vn0.sock --tap vn0
+    qemu-system-x86_64 ... -chardev socket,id=c0,path=/run/vn0.sock \\
+        -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0
+
+Under vmdnetd the parent passes the tap fd (--tap-fd) and the socket.
+Counters are printed on SIGUSR1 and at exit; --stats-json also writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+from typing import Any
+
+from tabulate import tabulate
+
+from vmdnet.tun import caps as tcaps
+from vmdnet.vhost_user import socket as vsock
+from vmdnet.vhost_user.capabilities import print_capabilities
+from vmdnet.vhost_user.protocol import VhostUserError
+from vmdnet.vionet.device import Vionet
+from vmdnet.vionet.worker import set_nonblocking
+
+log = logging.getLogger("vmdnet.vionet")
+
+# How often the control loop wakes with nothing to do, to notice broken queues.
+REAP_INTERVAL_S = 1.0
+
+
+class LocalTap:
+    """Standalone mode: vionet issues the tap ioctls itself."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def set_offload(self, flags: int) -> None:
+        from vmdnet.tun import linux
+        linux.set_offload(self.fd, flags)
+
+    def set_vnet_hdr_sz(self, size: int) -> None:
+        from vmdnet.tun import linux
+        linux.set_vnet_hdr_sz(self.fd, size)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="vmdnet-vionet", description=__doc__.splitlines()[0])
+    p.add_argument("--socket", help="vhost-user unix socket path")
+    p.add_argument("--connect", action="store_true",
+                   help="connect to a VMM listening at --socket (default: listen)")
+    p.add_argument("--fd", type=int, help="an already connected vhost-user socket fd")
+    p.add_argument("--tap", help="tap interface to create or attach to")
+    p.add_argument("--tap-fd", type=int, help="an open tap fd (passed by vmdnetd)")
+    p.add_argument("--no-vnet-hdr", action="store_true",
+                   help="open the tap without IFF_VNET_HDR: all offloads done in C")
+    p.add_argument("--offloads", default="all",
+                   help="offloads the tap may take, e.g. csum,tso4 (rest in software)")
+    p.add_argument("--mac", help="the guest's MAC address (reported in statistics)")
+    p.add_argument("--discard", action="store_true",
+                   help="drop guest TX after processing instead of writing (benchmarks)")
+    p.add_argument("--stats-json", help="write counters as JSON here on SIGUSR1 and at exit")
+    p.add_argument("--print-capabilities", action="store_true",
+                   help="print the vhost-user back-end capabilities (JSON) and exit")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    args = p.parse_args(argv)
+    if args.print_capabilities:
+        return args
+    if not (args.socket or args.fd is not None):
+        p.error("--socket or --fd is required")
+    if not (args.tap or args.tap_fd is not None):
+        p.error("--tap or --tap-fd is required")
+    try:
+        args.offload_set = tcaps.parse_offloads(args.offloads)
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
+
+
+def open_tap(args: argparse.Namespace) -> int:
+    if args.tap_fd is not None:
+        return args.tap_fd
+    from vmdnet.tun import linux
+    tap = linux.open_tap(args.tap, vnet_hdr=not args.no_vnet_hdr)
+    return tap.fd
+
+
+def stats_table(stats: dict[str, Any]) -> str:
+    """The counters as a two-column table, nested keys joined with dots."""
+    rows: list[tuple[str, Any]] = []
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, dict):
+            for k, sub in v.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), sub)
+        elif isinstance(v, list):
+            rows.append((prefix, ",".join(str(x) for x in v)))
+        elif v not in (0, None) or prefix.count(".") < 2:
+            rows.append((prefix, v))
+
+    walk("", stats)
+    return tabulate(rows, headers=["counter", "value"])
+
+
+class Control:
+    """The control loop: vhost-user socket, signals, reconnects."""
+
+    def __init__(self, args: argparse.Namespace, dev: Vionet) -> None:
+        self.args = args
+        self.dev = dev
+        self.sel = selectors.DefaultSelector()
+        self.listener: vsock.Listener | None = None
+        self.conn: vsock.Connection | None = None
+        self.running = True
+        self.sig_r, self.sig_w = socket.socketpair()
+        self.sig_r.setblocking(False)
+        self.sig_w.setblocking(False)
+
+    def report(self) -> None:
+        stats = self.dev.stats()
+        sys.stderr.write(stats_table(stats) + "\n")
+        sys.stderr.flush()
+        if self.args.stats_json:
+            tmp = self.args.stats_json + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(stats, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.args.stats_json)
+
+    def _signals(self) -> None:
+        signal.set_wakeup_fd(self.sig_w.fileno())
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
+            signal.signal(s, lambda *_: None)
+        self.sel.register(self.sig_r, selectors.EVENT_READ, "signal")
+
+    def _on_signal(self) -> None:
+        for b in self.sig_r.recv(64):
+            if b == signal.SIGUSR1:
+                self.report()
+            elif b in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                self.running = False
+
+    def _attach(self, conn: vsock.Connection) -> None:
+        self.conn = conn
+        conn.sock.setblocking(False)
+        self.sel.register(conn, selectors.EVENT_READ, "conn")
+        self.dev.connected()
+        log.info("VMM connected")
+
+    def _detach(self) -> None:
+        if not self.conn:
+            return
+        self.sel.unregister(self.conn)
+        self.conn.close()
+        self.conn = None
+        self.dev.disconnected()
+        log.info("VMM disconnected; waiting for it to come back")
+        if self.args.connect and self.running:
+            self._connect()
+
+    def _connect(self) -> None:
+        self._attach(vsock.connect(self.args.socket))
+
+    def _on_conn(self) -> None:
+        assert self.conn is not None
+        try:
+            events = self.conn.pump(self.dev.backend)
+        except VhostUserError as exc:
+            self.dev.counters["protocol_errors"] += 1
+            log.warning("vhost-user protocol error: %s; dropping the connection", exc)
+            self.dev.handle(exc.events or [])
+            self._detach()
+            return
+        if events is None:
+            self._detach()
+            return
+        self.dev.handle(events)
+
+    def run(self) -> int:
+        self._signals()
+        if self.args.fd is not None:
+            self._attach(vsock.from_fd(self.args.fd))
+        elif self.args.connect:
+            self._connect()
+        else:
+            self.listener = vsock.listen(self.args.socket)
+            self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+            log.info("listening on %s", self.args.socket)
+        while self.running:
+            for key, _ in self.sel.select(REAP_INTERVAL_S):
+                if key.data == "signal":
+                    self._on_signal()
+                elif key.data == "listen" and self.listener and not self.conn:
+                    self._attach(self.listener.accept())
+                elif key.data == "conn" and self.conn:
+                    self._on_conn()
+            self.dev.reap()
+        return 0
+
+    def close(self) -> None:
+        if self.conn:
+            self.sel.unregister(self.conn)
+            self.conn.close()
+            self.conn = None
+        if self.listener:
+            self.listener.close()
+        self.dev.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.print_capabilities:
+        print_capabilities()
+        return 0
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="vionet[%(process)d] %(levelname)s %(message)s")
+    tap_fd = open_tap(args)
+    set_nonblocking(tap_fd)
+    caps = tcaps.TapCaps(vnet_hdr=not args.no_vnet_hdr, offloads=args.offload_set)
+    dev = Vionet(tap_fd, LocalTap(tap_fd), caps, discard=args.discard)
+    ctl = Control(args, dev)
+    try:
+        return ctl.run()
+    finally:
+        ctl.close()
+        ctl.report()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

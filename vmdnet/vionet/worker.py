@@ -1,0 +1,131 @@
+"""One thread per virtqueue: wait for kicks (TX) or the tap (RX), run C batches.
+
+Per batch one C call (which releases the GIL), so the TX and RX threads of a
+device run at once.  A thread owns its queue while it runs; the control
+thread stops it (stop eventfd + join) before touching the queue, the memory
+table or the fds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+
+from vmdnet.vionet.datapath import NO_BUFFERS, RingBroken, RxPath, TxPath
+
+log = logging.getLogger(__name__)
+
+# Chains (TX) or packets (RX) per C call: large enough to amortize the Python
+# wake-up, small enough that the other direction's thread gets the GIL often.
+BATCH_BUDGET = 256
+# RX with no guest buffers: how long to wait for the guest to post some before
+# the waiting packets are dropped and counted (the tap queue would drop them
+# anyway; this keeps latency bounded and the tap from stalling).
+RX_NO_BUFFER_WAIT_MS = 20
+# TX when the tap refuses more (EAGAIN): how long to wait for room per try.
+TX_TAP_FULL_WAIT_MS = 10
+
+
+def _drain_eventfd(fd: int) -> None:
+    try:
+        os.read(fd, 8)
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+class QueueWorker(threading.Thread):
+    """Runs one queue until stopped; `broken` is set if the guest broke the ring."""
+
+    def __init__(self, name: str, path: TxPath | RxPath, kick_fd: int | None) -> None:
+        super().__init__(name=name, daemon=True)
+        self.path = path
+        self.kick_fd = kick_fd
+        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.broken: RingBroken | None = None
+        self.error: BaseException | None = None
+
+    def stop(self) -> None:
+        """Ask the thread to stop and wait for it."""
+        os.eventfd_write(self._stop_fd, 1)
+        if self.is_alive():
+            self.join()
+        os.close(self._stop_fd)
+
+    def _wait(self, fds: list[tuple[int, int]], timeout_ms: int | None) -> set[int]:
+        poller = select.poll()
+        poller.register(self._stop_fd, select.POLLIN)
+        for fd, ev in fds:
+            poller.register(fd, ev)
+        ready = {fd for fd, _ in poller.poll(timeout_ms)}
+        if self._stop_fd in ready:
+            raise _Stop
+        if self.kick_fd is not None and self.kick_fd in ready:
+            _drain_eventfd(self.kick_fd)
+        return ready
+
+    def run(self) -> None:
+        try:
+            if isinstance(self.path, TxPath):
+                self._run_tx(self.path)
+            else:
+                self._run_rx(self.path)
+        except _Stop:
+            pass
+        except RingBroken as exc:
+            self.broken = exc
+            log.warning("%s: %s; queue stopped until the VMM sets it up again", self.name, exc)
+        except OSError as exc:
+            self.error = exc
+            log.error("%s: %s; queue stopped", self.name, exc)
+
+    def _kick_fds(self) -> list[tuple[int, int]]:
+        return [(self.kick_fd, select.POLLIN)] if self.kick_fd is not None else []
+
+    def _run_tx(self, tx: TxPath) -> None:
+        vring = tx.vring
+        # Without a kick fd the front-end expects polling (vhost-user NOFD).
+        idle_ms = None if self.kick_fd is not None else 1
+        while True:
+            vring.notify_disable()
+            while True:
+                n = tx.drain(BATCH_BUDGET)
+                if n == BATCH_BUDGET:
+                    continue
+                if vring.avail_count() > 0:
+                    # Chains left but the tap took no more: wait for room.
+                    self._wait([(tx.tap_fd, select.POLLOUT)], TX_TAP_FULL_WAIT_MS)
+                    continue
+                if not vring.notify_enable():
+                    break
+                vring.notify_disable()
+            self._wait(self._kick_fds(), idle_ms)
+
+    def _run_rx(self, rx: RxPath) -> None:
+        vring = rx.vring
+        vring.notify_disable()
+        while True:
+            rc = rx.fill(BATCH_BUDGET)
+            if rc == BATCH_BUDGET:
+                continue
+            if rc == NO_BUFFERS:
+                if vring.notify_enable():
+                    vring.notify_disable()
+                    continue
+                ready = self._wait(self._kick_fds(), RX_NO_BUFFER_WAIT_MS)
+                vring.notify_disable()
+                if not ready:
+                    rx.discard(BATCH_BUDGET)
+                continue
+            self._wait([(rx.tap_fd, select.POLLIN)], None)
+
+
+class _Stop(Exception):
+    """Internal: the stop eventfd fired."""
+
+
+def set_nonblocking(fd: int) -> None:
+    """The tap fd is shared by both threads; neither may block in read or write."""
+    os.set_blocking(fd, False)
+
