@@ -305,6 +305,34 @@ int vn_gpa_to_iov(const struct vn_mem *mem, uint64_t gpa, uint64_t len,
 	return (int)n;
 }
 
+/* Copy @len bytes between @buf and the iovec list from its byte @skip on. */
+static size_t iov_copy(const struct iovec *iov, uint32_t niov, size_t skip,
+		       uint8_t *buf, size_t len, int to_iov)
+{
+	size_t done = 0;
+	uint32_t i;
+
+	for (i = 0; i < niov && done < len; i++) {
+		uint8_t *p = (uint8_t *)iov[i].iov_base;
+		size_t n = iov[i].iov_len;
+
+		if (skip >= n) {
+			skip -= n;
+			continue;
+		}
+		n -= skip;
+		if (n > len - done)
+			n = len - done;
+		if (to_iov)
+			memcpy(p + skip, buf + done, n);
+		else
+			memcpy(buf + done, p + skip, n);
+		done += n;
+		skip = 0;
+	}
+	return done;
+}
+
 /**
  * vn_iov_to_buf() - copy bytes out of an iovec list
  * @iov: the list
@@ -318,25 +346,7 @@ int vn_gpa_to_iov(const struct vn_mem *mem, uint64_t gpa, uint64_t len,
 size_t vn_iov_to_buf(const struct iovec *iov, uint32_t niov, size_t skip,
 		     void *buf, size_t len)
 {
-	uint8_t *dst = buf;
-	size_t done = 0;
-	uint32_t i;
-
-	for (i = 0; i < niov && done < len; i++) {
-		size_t n = iov[i].iov_len;
-
-		if (skip >= n) {
-			skip -= n;
-			continue;
-		}
-		n -= skip;
-		if (n > len - done)
-			n = len - done;
-		memcpy(dst + done, (const uint8_t *)iov[i].iov_base + skip, n);
-		done += n;
-		skip = 0;
-	}
-	return done;
+	return iov_copy(iov, niov, skip, buf, len, 0);
 }
 
 /**
@@ -352,23 +362,5 @@ size_t vn_iov_to_buf(const struct iovec *iov, uint32_t niov, size_t skip,
 size_t vn_buf_to_iov(const struct iovec *iov, uint32_t niov, size_t skip,
 		     const void *buf, size_t len)
 {
-	const uint8_t *src = buf;
-	size_t done = 0;
-	uint32_t i;
-
-	for (i = 0; i < niov && done < len; i++) {
-		size_t n = iov[i].iov_len;
-
-		if (skip >= n) {
-			skip -= n;
-			continue;
-		}
-		n -= skip;
-		if (n > len - done)
-			n = len - done;
-		memcpy((uint8_t *)iov[i].iov_base + skip, src + done, n);
-		done += n;
-		skip = 0;
-	}
-	return done;
+	return iov_copy(iov, niov, skip, (uint8_t *)(uintptr_t)buf, len, 1);
 }

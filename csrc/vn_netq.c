@@ -36,7 +36,11 @@
  * MRG_RXBUF the window grows until it can hold cfg->max_pkt, without it is
  * one chain.  When the window holds max_pkt and the tap has a vnet header,
  * the tap reads straight into guest memory (readv); otherwise the packet is
- * read into the work area's bounce buffer and copied out.  Only the chains
+ * read into the work area's bounce buffer and copied out.  A tap read
+ * returns at most what it was given, so every read gets one byte more than
+ * may be used (an overflow sink after the guest buffers, one spare byte in
+ * the bounce buffer): a byte landing there means the packet did not fit.
+ * Only the chains
  * the packet needed are consumed; the used length of each is what it holds,
  * num_buffers is written into the header, and the unconsumed rest of the
  * window is simply not consumed (last_avail_idx only moves on use).
@@ -72,8 +76,14 @@ _Static_assert((int)VN_RING_ERR_MAX_ <= VN_STATS_RING_ERRS, "vn_stats.ring_error
 /* The 10-byte header's fields; num_buffers follows from 12 bytes on. */
 #define HDR_LEGACY_SZ 10
 #define HDR_MRG_SZ 12
-/* Bounce buffer: a header and a maximal frame (RX), or a frame (TX). */
-#define WORK_BUF_CAP (VN_NET_HDR_MAX + VN_MAX_FRAME)
+/*
+ * Bounce buffer: a header and a maximal frame (RX), or a frame (TX), plus one
+ * byte: a tap read returns at most the buffer's size, never the size of a
+ * packet cut short, so only a byte landing past the limit shows an overrun.
+ */
+#define WORK_BUF_CAP (VN_NET_HDR_MAX + VN_MAX_FRAME + 1)
+/* RX window iovecs: readv() takes VN_CHAIN_MAX_IOV, one is the overflow sink. */
+#define RX_MAX_IOV (VN_CHAIN_MAX_IOV - 1)
 #define SEG_ARENA_CAP ((size_t)VN_TX_MAX_SEGS * VN_TX_SEG_HDR)
 /* A TX packet's writev: optional vnet header, segment header, payload. */
 #define SEG_WRITE_IOV 3
@@ -87,12 +97,13 @@ enum win_stop {
 };
 
 struct vn_work {
-	/* TX: iov[0] for a header, chain from iov[1]; RX: the window's buffers. */
+	/* TX: iov[0] for a header, chain from iov[1]; RX: the window, then the sink. */
 	struct iovec iov[VN_CHAIN_MAX_IOV + 1];
 	struct iovec seg_iov[2 * VN_TX_MAX_SEGS];
 	uint8_t hdr_raw[VN_NET_HDR_MAX];
 	uint8_t zero_hdr[VN_NET_HDR_MAX];
 	uint8_t peek[VN_HDR_PEEK];
+	uint8_t sink[1];                        /* RX: catches the byte past the buffers */
 	uint8_t buf[WORK_BUF_CAP];              /* TX linear frame / RX bounce buffer */
 	uint8_t arena[SEG_ARENA_CAP];           /* TX segment headers */
 	uint32_t v6_frag_id;                    /* next IPv6 fragment ID for software UFO */
@@ -529,7 +540,7 @@ static enum win_stop rx_peek(struct vn_vring *vq, const struct vn_mem *mem,
 
 		if (cfg->mrg_rxbuf ? w->cap >= want : w->nchains == 1)
 			return WIN_FULL;
-		if (w->nchains == VN_CHAIN_MAX_IOV)
+		if (w->nchains == RX_MAX_IOV)
 			return WIN_LIMIT;
 		avail = avail_left(vq);
 		if (avail >= 0 && w->nchains >= (uint32_t)avail)
@@ -539,7 +550,7 @@ static enum win_stop rx_peek(struct vn_vring *vq, const struct vn_mem *mem,
 		if (w->nchains >= (uint32_t)avail)
 			return WIN_EMPTY;
 		if (vn_vring_avail_head(vq, (uint16_t)(vq->last_avail_idx + w->nchains), &head) ||
-		    vn_chain_walk(vq, mem, head, 1, w->iov + w->niov, VN_CHAIN_MAX_IOV - w->niov,
+		    vn_chain_walk(vq, mem, head, 1, w->iov + w->niov, RX_MAX_IOV - w->niov,
 				  UINT64_MAX, &c))
 			return WIN_BROKEN;
 		if (c.fault)
@@ -618,17 +629,21 @@ static void rx_make_hdr(struct vn_work *w, const struct vn_rxcfg *cfg, struct vn
 }
 
 /* Read one packet from the tap into the window (direct) or the bounce
- * buffer.  Return its length with header, 0 for EAGAIN, -1 on error. */
+ * buffer.  Return its length with header (more than fits when it overran),
+ * 0 for EAGAIN, -1 on error. */
 static ssize_t rx_read(struct vn_work *w, int tap_fd, const struct vn_rxcfg *cfg,
 		       struct vn_stats *st, int direct)
 {
 	size_t off = cfg->tap_has_vnet_hdr ? 0 : cfg->hdr_sz;
+	uint32_t niov = cfg->mrg_rxbuf ? w->niov : w->chain_niov[0];
 	ssize_t n;
 
+	/* The slot after the window's iovecs is free (RX_MAX_IOV). */
+	w->iov[niov].iov_base = w->sink;
+	w->iov[niov].iov_len = sizeof(w->sink);
 	do {
 		if (direct)
-			n = readv(tap_fd, w->iov,
-				  (int)(cfg->mrg_rxbuf ? w->niov : w->chain_niov[0]));
+			n = readv(tap_fd, w->iov, (int)niov + 1);
 		else
 			n = read(tap_fd, w->buf + off, WORK_BUF_CAP - off);
 	} while (n < 0 && errno == EINTR);
@@ -640,8 +655,8 @@ static ssize_t rx_read(struct vn_work *w, int tap_fd, const struct vn_rxcfg *cfg
 	}
 	if (n == 0)
 		return 0;
-	/* A packet the bounce buffer cut short is dropped by the caller. */
-	if (!direct && !cfg->tap_has_vnet_hdr && (size_t)n <= WORK_BUF_CAP - off)
+	/* A packet longer than any frame is dropped by the caller. */
+	if (!direct && !cfg->tap_has_vnet_hdr && (size_t)n <= VN_MAX_FRAME)
 		rx_make_hdr(w, cfg, st, (size_t)n);
 	return n + (ssize_t)off;
 }
@@ -674,7 +689,7 @@ static int rx_bounced(struct vn_vring *vq, const struct vn_rxcfg *cfg, struct vn
 {
 	struct vn_work *w = vq->work;
 
-	if (total > WORK_BUF_CAP) {             /* the tap cut it short */
+	if (total > (uint64_t)cfg->hdr_sz + VN_MAX_FRAME) {     /* cut short by the read */
 		count_drop(st, VN_DROP_RX_TRUNCATED);
 		return -1;
 	}

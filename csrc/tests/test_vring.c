@@ -1181,6 +1181,17 @@ static void test_rx_no_mrg(void)
 	CHECK_EQ(g->st.drops[VN_DROP_RX_TRUNCATED], 1);
 	CHECK_EQ(used_idx(g), 1);
 	CHECK_EQ(g->vq->last_avail_idx, 1);
+
+	/* Read straight into chain 2 (max_pkt below its size): a packet larger
+	 * than it is seen by the byte that lands past it, and dropped. */
+	cfg.max_pkt = 90;
+	tap_inject(g, hdr, frame, flen);
+	tap_inject(g, hdr, frame, 60);
+	CHECK_EQ(vn_rx_fill(g->vq, g->mem, g->tap, &cfg, &g->st, 64), 1);
+	CHECK_EQ(g->st.drops[VN_DROP_RX_TRUNCATED], 2);
+	used_elem(g, 1, &id, &len);
+	CHECK_EQ(id, 2);
+	CHECK_EQ(len, HDR + 60);
 	guest_free(g);
 }
 

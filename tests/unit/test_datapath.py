@@ -10,6 +10,7 @@ one packet); tests/unit/test_datapath_tap.py uses real taps.
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import platform
@@ -51,8 +52,10 @@ class FakeGuest:
     """A guest driver's view of one split virtqueue in a memfd."""
 
     def __init__(self, num: int = 256, features: int = 0, ram_size: int = RAM_SIZE):
-        self.fd = os.memfd_create("vn-test-guest", os.MFD_CLOEXEC)
+        self.fd = os.memfd_create("vn-test-guest", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.fd, ram_size)
+        # As QEMU's memory-backend-memfd does by default (seal=on).
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
         self.ram = mmap.mmap(self.fd, ram_size)
         self.mem = GuestMemory()
         self.mem.map([MemRegion(os.dup(self.fd), GPA, ram_size, UADDR, 0)])
@@ -218,6 +221,10 @@ def test_guest_memory_refusals_are_all_or_nothing():
         mem.remove(0, 0x2000)
     assert e.value.errno == errno.ENOENT
     os.close(fd)
+
+
+def test_sealed_region_reported(guest):
+    assert [r.sealed for r in guest.mem.regions] == [True]
 
 
 def test_vring_setup_refusals(guest):
