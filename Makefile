@@ -10,8 +10,8 @@ CC ?= gcc
 CWARN = -Wall -Wextra -Wconversion -Wno-unused-parameter -std=gnu11
 CSRC = $(filter-out csrc/vn_version.c,$(wildcard csrc/*.c))
 
-REGRESS_TARGETS = run-regress-unit run-regress-ctest run-regress-config \
-	run-regress-offload-oracle
+REGRESS_TARGETS = run-regress-unit run-regress-ctest run-regress-asan run-regress-config \
+	run-regress-offload-oracle run-regress-e2e
 
 .PHONY: all install regress bench lint asan clean $(REGRESS_TARGETS)
 
@@ -48,20 +48,31 @@ run-regress-config:
 run-regress-offload-oracle:
 	$(call pytest_target,tests/oracle)
 
-# The C tests alone, without Python, built with the normal flags.
-run-regress-ctest:
-	@echo "==> $@"
-	@$(CC) -O2 $(CWARN) -Icsrc -DVN_VERSION='"ctest"' -o csrc/tests/ctest.bin \
-		csrc/tests/test_offload.c $(CSRC) csrc/vn_version.c && csrc/tests/ctest.bin \
-		&& echo "SUCCESS $@" || { echo "FAIL $@"; exit 1; }
+# The C test programs (csrc/tests/test_*.c, each with its own main), without
+# Python: once with the normal flags, once under AddressSanitizer + UBSan.
+CTESTS = $(wildcard csrc/tests/test_*.c)
+CTEST_SRC = $(CSRC) csrc/vn_version.c
+ASAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-# The C tests under AddressSanitizer + UBSan, aborting on the first report.
-asan:
+define run_ctests
 	@echo "==> $@"
-	@$(CC) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
-		-fno-omit-frame-pointer $(CWARN) -Icsrc -DVN_VERSION='"asan"' \
-		-o csrc/tests/ctest-asan.bin csrc/tests/test_offload.c $(CSRC) csrc/vn_version.c \
-		&& csrc/tests/ctest-asan.bin && echo "SUCCESS asan" || { echo "FAIL asan"; exit 1; }
+	@ok=1; for t in $(CTESTS); do b=$${t%.c}$(2).bin; \
+		$(CC) $(1) $(CWARN) -Icsrc -DVN_VERSION='"ctest"' -o $$b $$t $(CTEST_SRC) \
+		&& $$b || { echo "$$t failed"; ok=0; }; done; \
+	if [ $$ok = 1 ]; then echo "SUCCESS $@"; else echo "FAIL $@"; exit 1; fi
+endef
+
+run-regress-ctest:
+	$(call run_ctests,-O2,)
+
+# End to end: the test guest (QEMU/TCG) and DPDK virtio_user as clients of vionet.
+run-regress-e2e:
+	$(call pytest_target,tests/e2e)
+
+run-regress-asan: asan
+
+asan:
+	$(call run_ctests,$(ASAN_FLAGS),-asan)
 
 bench:
 	$(PYTHON) -m bench.offload
