@@ -16,6 +16,7 @@ uint32_t vn_csum_partial(const void *buf, size_t len, uint32_t sum);
 uint32_t vn_csum_copy(void *dst, const void *src, size_t len, uint32_t sum);
 uint16_t vn_csum_fold(uint32_t sum);
 uint16_t vn_checksum_be(const uint8_t *buf, size_t len, uint16_t initial_be);
+int vn_csum_select(int allow_avx2);
 /* VN_CDEF_END */
 
 uint32_t vn_csum_add(uint32_t a, uint32_t b);

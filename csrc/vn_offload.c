@@ -93,14 +93,6 @@ static inline uint16_t csum_final(uint32_t sum, int mangle_zero)
 	return (c == 0 && mangle_zero) ? 0xffff : c;
 }
 
-static void ipv4_fix_check(uint8_t *ip)
-{
-	size_t ihl = (size_t)(ip[0] & 0x0f) * 4;
-
-	store16(ip + 10, 0);
-	store16(ip + 10, csum_final(vn_csum_partial(ip, ihl, 0), 0));
-}
-
 /* Pseudo-header sum (memory order) for an L4 length and protocol. */
 static uint32_t pseudo_sum(const uint8_t *f, const struct vn_pkt *pkt, uint32_t l4len,
 			   uint8_t proto)
@@ -312,6 +304,13 @@ struct gso_plan {
 	uint32_t nsegs;
 	uint32_t v6_frag_id;
 	uint16_t ufo_check;     /* UFO: the whole datagram's UDP checksum */
+	/* Sums of the header words no segment changes (IPv4: all but tot_len,
+	 * id, frag_off and check; TCP: all but seq, offset/flags and check;
+	 * USO: the ports).  Each segment adds its own values to them instead of
+	 * re-reading the header it has just written: those loads would wait for
+	 * the narrow stores (a store-forwarding stall, measured as about a fifth
+	 * of the time per segment). */
+	uint32_t ip_sum, l4_sum;
 };
 
 /* Copy the frame's headers into a segment header, adding an IPv6 fragment
@@ -342,16 +341,24 @@ static void fix_ip(const struct gso_plan *g, uint8_t *hdr, size_t hdr_bytes, uin
 	int last = i + 1 == g->nsegs;
 
 	if (g->pkt.ip_version == 4) {
-		size_t tot = hdr_bytes - g->pkt.l3_off + n;
+		const uint8_t *ip_in = g->f + g->pkt.l3_off;
+		uint16_t tot = (uint16_t)(hdr_bytes - g->pkt.l3_off + n);
+		uint16_t id = vn_get16(ip_in + 4), frag = vn_get16(ip_in + 6);
+		uint32_t sum;
 
-		vn_put16(ip + 2, (uint16_t)tot);
 		if (g->kind == KIND_UFO) {
-			vn_put16(ip + 6, (uint16_t)((*frag_off >> 3) | (last ? 0 : IPV4_MF)));
-			*frag_off += tot - (size_t)(ip[0] & 0x0f) * 4;
+			frag = (uint16_t)((*frag_off >> 3) | (last ? 0 : IPV4_MF));
+			*frag_off += tot - (size_t)(ip_in[0] & 0x0f) * 4;
 		} else {
-			vn_put16(ip + 4, (uint16_t)(vn_get16(g->f + g->pkt.l3_off + 4) + i));
+			id = (uint16_t)(id + i);
 		}
-		ipv4_fix_check(ip);
+		vn_put16(ip + 2, tot);
+		vn_put16(ip + 4, id);
+		vn_put16(ip + 6, frag);
+		sum = vn_csum_add(g->ip_sum, htons(tot));
+		sum = vn_csum_add(sum, htons(id));
+		sum = vn_csum_add(sum, htons(frag));
+		store16(ip + 10, csum_final(sum, 0));
 		return;
 	}
 	{
@@ -383,18 +390,23 @@ static uint32_t fix_l4(const struct gso_plan *g, uint8_t *hdr, size_t hdr_bytes,
 		uint16_t full = (uint16_t)(g->len - g->pkt.l4_off);
 		uint16_t seglen = (uint16_t)(g->pkt.l4_hlen + n);
 		uint32_t seed = load16(l4_in + TCP_CHECK_OFF);
-		uint8_t flags = l4[13];
+		uint32_t seq = vn_get32(l4_in + 4) + (uint32_t)(i * g->mss);
+		uint8_t flags = l4_in[13];
+		uint16_t check;
 
-		vn_put32(l4 + 4, vn_get32(l4_in + 4) + (uint32_t)(i * g->mss));
 		if (!last)
 			flags &= (uint8_t)~(TCP_FLAG_FIN | TCP_FLAG_PSH);
 		if (i > 0)
 			flags &= (uint8_t)~TCP_FLAG_CWR;
+		vn_put32(l4 + 4, seq);
 		l4[13] = flags;
 		seed = vn_csum_add(seed, htons((uint16_t)~full));
 		seed = vn_csum_add(seed, htons(seglen));
-		store16(l4 + TCP_CHECK_OFF, vn_csum_fold(seed));
-		return vn_csum_partial(l4, g->pkt.l4_hlen, 0);
+		check = vn_csum_fold(seed);
+		store16(l4 + TCP_CHECK_OFF, check);
+		seed = vn_csum_add(g->l4_sum, htonl(seq));
+		seed = vn_csum_add(seed, htons((uint16_t)(l4_in[12] << 8 | flags)));
+		return vn_csum_add(seed, check);
 	}
 	if (g->kind == KIND_USO) {
 		uint16_t newlen = htons((uint16_t)(VN_UDP_HLEN + n));
@@ -403,7 +415,7 @@ static uint32_t fix_l4(const struct gso_plan *g, uint8_t *hdr, size_t hdr_bytes,
 
 		store16(l4 + 4, newlen);
 		store16(l4 + UDP_CHECK_OFF, check);
-		return vn_csum_partial(l4, VN_UDP_HLEN, 0);
+		return vn_csum_add(vn_csum_add(g->l4_sum, newlen), check);
 	}
 	/* UFO: the first fragment carries the UDP header with the full checksum. */
 	if (i == 0 && hdr_bytes > g->l4_out) {
@@ -417,9 +429,25 @@ static int plan_gso(struct gso_plan *g)
 {
 	unsigned int base = g->h->gso_type & ~(unsigned int)VN_GSO_ECN;
 	const struct vn_pkt *p = &g->pkt;
+	const uint8_t *ip = g->f + p->l3_off, *l4 = g->f + p->l4_off;
 
 	g->mss = g->h->gso_size;
 	g->l4_out = p->l4_off;
+	if (p->ip_version == 4) {
+		uint32_t s = vn_csum_partial(ip, 2, 0);                  /* version, tos */
+
+		s = vn_csum_partial(ip + 8, 2, s);                       /* ttl, protocol */
+		g->ip_sum = vn_csum_partial(ip + 12, (size_t)(ip[0] & 0x0f) * 4 - 12, s);
+	}
+	if (base == VN_GSO_UDP_L4) {
+		g->l4_sum = vn_csum_partial(l4, 4, 0);                   /* ports */
+	} else if (base != VN_GSO_UDP) {
+		uint32_t s = vn_csum_partial(l4, 4, 0);                  /* ports */
+
+		s = vn_csum_partial(l4 + 8, 4, s);                       /* ack */
+		s = vn_csum_partial(l4 + 14, 2, s);                      /* window */
+		g->l4_sum = vn_csum_partial(l4 + 18, (size_t)p->l4_hlen - 18, s);
+	}
 	if (base == VN_GSO_UDP) {
 		uint32_t l4len = (uint32_t)(g->len - p->l4_off);
 		uint32_t sum = pseudo_sum(g->f, p, l4len, VN_IPPROTO_UDP);

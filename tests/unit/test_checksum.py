@@ -104,3 +104,23 @@ def test_accepts_every_buffer_type() -> None:
     data = bytes(range(256)) * 3
     want = ref_checksum(data)
     assert checksum(data) == checksum(bytearray(data)) == checksum(memoryview(data)) == want
+
+
+@pytest.fixture(params=["simd", "sse2"])
+def csum_path(request: pytest.FixtureRequest):
+    """Run a test on the AVX2 path (when the CPU has it) and on the SSE2/scalar one."""
+    from vmdnet._native import lib
+    used = lib.vn_csum_select(1 if request.param == "simd" else 0)
+    if request.param == "simd" and not used:
+        pytest.skip("this CPU has no AVX2: only the SSE2/scalar path exists here")
+    yield request.param
+    lib.vn_csum_select(1)
+
+
+@pytest.mark.parametrize("length", [0, 1, 31, 32, 33, 127, 128, 129, 1448, 65536 + 7,
+                                    SSE2_DRAIN_BYTES + 65])
+def test_both_paths_match_reference(csum_path: str, length: int) -> None:
+    data = random.Random(length).randbytes(length + 5)
+    for start in (0, 1, 2, 5):
+        view = memoryview(data)[start:start + length]
+        assert checksum(view, 0x1357) == ref_checksum(bytes(view), 0x1357)
