@@ -590,9 +590,14 @@ static void rx_deliver(struct vn_vring *vq, const struct vn_rxcfg *cfg, struct v
 		k++;
 	}
 	if (cfg->hdr_sz >= HDR_MRG_SZ) {
+		/* num_buffers, then zeros: the tap writes only the first 10 bytes,
+		 * and a hash report (20-byte header) says "none". */
+		uint8_t tail[VN_NET_HDR_MAX - HDR_NUM_BUFFERS_OFF] = { 0 };
 		uint16_t nb = htole16((uint16_t)k);
 
-		vn_buf_to_iov(w->iov, w->niov, HDR_NUM_BUFFERS_OFF, &nb, sizeof(nb));
+		memcpy(tail, &nb, sizeof(nb));
+		vn_buf_to_iov(w->iov, w->niov, HDR_NUM_BUFFERS_OFF, tail,
+			      cfg->hdr_sz - HDR_NUM_BUFFERS_OFF);
 	}
 	st->packets++;
 	st->bytes += total - cfg->hdr_sz;

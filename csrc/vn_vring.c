@@ -155,7 +155,8 @@ static uint16_t *avail_event(struct vn_vring *vq)
  * @features: negotiated feature bits (INDIRECT_DESC, EVENT_IDX are used)
  *
  * Our used index starts from the guest's used->idx (where a previous
- * backend left it).  Kicks start enabled.
+ * backend left it).  Kicks start enabled; RX state (a parked packet) is
+ * forgotten.
  *
  * Return: 0, or -EINVAL (bad num, misaligned) or -EFAULT (outside memory)
  */
@@ -185,6 +186,7 @@ int vn_vring_setup(struct vn_vring *vq, const struct vn_mem *mem, uint32_t num,
 	vq->last_used_idx = le16toh(__atomic_load_n(&vq->used->idx, __ATOMIC_RELAXED));
 	vq->signalled_valid = 0;
 	vq->broken = VN_RING_OK;
+	vn_work_reset(vq->work);
 	vn_vring_notify_enable(vq);
 	return 0;
 }
@@ -313,23 +315,25 @@ static int walk_fail(struct vn_vring *vq, int reason)
 	return -1;
 }
 
-/* Check an INDIRECT descriptor met in the main table; return its table or NULL. */
+/* Check an INDIRECT descriptor; return its table, or NULL with the queue broken. */
 static const void *indirect_table(struct vn_vring *vq, const struct vn_mem *mem,
 				  const struct vn_vring_desc *d, int in_indirect)
 {
-	const void *t;
+	const void *t = NULL;
+	int err = VN_RING_OK;
 
 	if (!vq->indirect)
-		return walk_fail(vq, VN_RING_INDIRECT_FEATURE), NULL;
-	if (in_indirect)
-		return walk_fail(vq, VN_RING_INDIRECT_NESTED), NULL;
-	if (d->flags & VN_VRING_DESC_F_NEXT)
-		return walk_fail(vq, VN_RING_INDIRECT_NEXT), NULL;
-	if (d->len == 0 || d->len % DESC_SIZE || d->len / DESC_SIZE > VN_MAX_INDIRECT)
-		return walk_fail(vq, VN_RING_INDIRECT_LEN), NULL;
-	t = vn_gpa_to_host(mem, d->addr, d->len);
-	if (!t)
-		return walk_fail(vq, VN_RING_INDIRECT_ADDR), NULL;
+		err = VN_RING_INDIRECT_FEATURE;
+	else if (in_indirect)
+		err = VN_RING_INDIRECT_NESTED;
+	else if (d->flags & VN_VRING_DESC_F_NEXT)
+		err = VN_RING_INDIRECT_NEXT;
+	else if (d->len == 0 || d->len % DESC_SIZE || d->len / DESC_SIZE > VN_MAX_INDIRECT)
+		err = VN_RING_INDIRECT_LEN;
+	else if (!(t = vn_gpa_to_host(mem, d->addr, d->len)))
+		err = VN_RING_INDIRECT_ADDR;
+	if (err)
+		vn_vring_break(vq, err);
 	return t;
 }
 

@@ -1259,6 +1259,28 @@ static void test_rx_no_vnet_hdr(void)
 	guest_free(g);
 }
 
+/* 20-byte header (hash report): num_buffers set, hash fields zeroed. */
+static void test_rx_hdr20(void)
+{
+	struct guest *g = guest_new(256, 0);
+	struct vn_rxcfg cfg = { .hdr_sz = 20, .tap_has_vnet_hdr = 1, .mrg_rxbuf = 1,
+				.max_pkt = 1000 };
+	uint8_t frame[2048], pkt[2048];
+	size_t flen = build_ipv4(frame, 17, 100, 0);
+	uint64_t a = rx_post(g, 0, 2048);
+	static const uint8_t zero[8];
+
+	memset(pkt, 0xaa, 20);
+	pkt[0] = pkt[1] = 0;
+	memcpy(pkt + 20, frame, flen);
+	CHECK_EQ(write(g->peer, pkt, 20 + flen), 20 + flen);
+	CHECK_EQ(vn_rx_fill(g->vq, g->mem, g->tap, &cfg, &g->st, 64), 1);
+	CHECK_EQ(get16(G(g, a + 10)), 1);
+	CHECK(memcmp(G(g, a + 12), zero, 8) == 0);
+	CHECK(memcmp(G(g, a + 20), frame, flen) == 0);
+	guest_free(g);
+}
+
 static void test_rx_args(void)
 {
 	struct guest *g = guest_new(256, 0);
@@ -1424,6 +1446,7 @@ int main(void)
 	test_rx_no_mrg();
 	test_rx_bad_buffers();
 	test_rx_no_vnet_hdr();
+	test_rx_hdr20();
 	test_rx_args();
 	test_fuzz_rings();
 	printf("test_vring: %d checks, %d failures\n", checks, failures);
