@@ -222,3 +222,6 @@ def fix_batch(items: Sequence[tuple[VnetHdr, bytes]]) -> list[list[bytes] | BadH
             pos += ln
         out.append(pkts)
     return out
+
+
+from vmdnet.offload.rsc import Coalescer  # noqa: E402  (RSC engine, csrc/vn_rsc.c)
