@@ -95,7 +95,7 @@ struct vn_stats {
 	uint64_t sw_segments;           /* TX: segments those produced */
 	uint64_t csum_completed;        /* TX: checksums completed here */
 	uint64_t hdr_flags_cleared;     /* TX: DATA_VALID/RSC_INFO a driver must not set, cleared */
-	uint64_t discarded;             /* TX: not written by the discard setting (in packets too) */
+	uint64_t discarded;             /* TX: writes skipped by the discard setting (per segment) */
 	uint64_t tap_eagain;            /* tap said EAGAIN: batch ended, chain kept */
 	uint64_t tap_errors;            /* tap read/write errors other than EAGAIN */
 	uint64_t notifications;         /* guest notified (call eventfd) */
