@@ -213,7 +213,8 @@ def craft_zero(case: Case) -> Case:
     except BadHeader:
         return case
     k = min(spec.zero_seg or 0, len(segs) - 1)
-    out_l4 = case.l4_off + (8 if spec.kind == "ufo" and spec.ipv == 6 else 0)
+    # Only real IPv6 UFO fragments carry the 8-byte fragment header.
+    out_l4 = case.l4_off + (8 if spec.kind == "ufo" and spec.ipv == 6 and len(segs) > 1 else 0)
     coff = TCP_CHECK_OFF if spec.proto == IPPROTO_TCP else UDP_CHECK_OFF
     if spec.kind == "ufo":
         k = 0
@@ -323,6 +324,9 @@ def edge_specs() -> list[Spec]:
     s.append(Spec("tso4_ip_check_zero", "tcp", 4, 3000, 1000, ip_check=0))
     s.append(Spec("uso4_ip_check_bad", "uso", 4, 3000, 1000, ip_check=0x1234))
     s.append(Spec("ufo4_ip_check_zero", "ufo", 4, 3000, 1000, ip_check=0))
+    # A single packet keeps its (bad) IPv4 checksum: bridge netfilter, which
+    # would drop it, must be off in the oracle's namespace.
+    s.append(Spec("csum4_bad_ip_check", "csum_tcp", 4, 300, ip_check=0x1234))
     for chain in V6_EXT_CHAINS[1:]:
         nm = "_".join({0: "hbh", 43: "rt", 60: "dst"}[c] for c in chain)
         for kind in ("tcp", "uso", "ufo", "csum_tcp"):
@@ -362,13 +366,13 @@ def _fit_payload(spec: Spec) -> Spec:
     limit = min(ip_room, MAX_FRAME - _head_len(spec))
     if spec.kind.startswith("csum"):
         limit = min(limit, NON_GSO_L3_MAX - _head_len(spec))
-    if spec.kind == "uso":
-        limit = min(limit, USO_MAX_SEGS * spec.gso_size)
+    if spec.kind == "uso":    # padding is payload to the kernel's segment count
+        limit = min(limit, USO_MAX_SEGS * spec.gso_size - spec.pad)
     payload = min(spec.payload, limit)
-    opts = len(spec.tcp_opts)
-    if spec.kind == "tcp" and payload <= spec.gso_size < payload + opts:
+    opts, pad = len(spec.tcp_opts), spec.pad      # padding counts as payload
+    if spec.kind == "tcp" and payload + pad <= spec.gso_size < payload + pad + opts:
         payload = min(spec.gso_size + 1, limit)
-        if payload <= spec.gso_size:
+        if payload + pad <= spec.gso_size:
             return replace(spec, payload=payload, tcp_opts=b"")
     return replace(spec, payload=payload)
 

@@ -7,7 +7,14 @@ import os
 
 import pktlib as P
 import pytest
-from netns import NETNS_RUN_DIR, NetNS, TapPair, tap_pair
+from netns import (
+    NETNS_RUN_DIR,
+    SYSCTLS_BRIDGE_NF,
+    SYSCTLS_IPV6_OFF,
+    NetNS,
+    TapPair,
+    tap_pair,
+)
 
 from vmdnet.offload import VnetHdr
 
@@ -62,3 +69,13 @@ def test_refused_write_reports_errno(pair: TapPair) -> None:
     with pytest.raises(OSError):
         pair.kernel_segment(VnetHdr(hdr_len=5), frame)
     assert pair.kernel_accepts(VnetHdr(), frame) == 0
+
+
+def test_namespace_is_quiet_and_bridge_netfilter_off(pair: TapPair) -> None:
+    with pair.ns.entered():
+        for key, value in SYSCTLS_IPV6_OFF + SYSCTLS_BRIDGE_NF:
+            try:
+                with open(f"/proc/sys/{key}") as f:
+                    assert f.read().strip() == value, key
+            except FileNotFoundError:
+                assert key.startswith("net/bridge/"), key   # br_netfilter not loaded

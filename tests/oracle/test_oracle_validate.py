@@ -52,7 +52,7 @@ from vmdnet.offload import MAX_FRAME, BadHeader, Reason, VnetHdr, segment, valid
 
 # Fuzz: chunks of mutated headers, each chunk seeded from FUZZ_SEED and its index.
 FUZZ_SEED = 20261122
-FUZZ_CHUNKS = 12
+FUZZ_CHUNKS = 40
 FUZZ_PER_CHUNK = 125
 # The first 10 bytes of the header are consumed before the kernel's hdr_len check.
 HDR_LEN_SLACK = VNET_HDR_SZ - 10
@@ -343,6 +343,8 @@ def _mutate(rnd: random.Random, case: C.Case) -> tuple[VnetHdr, bytes]:
 
 
 ETH_TYPE_END = 14
+# skb_vlan_untag pulls the tag and the 2 bytes after it: shorter tagged frames drop.
+VLAN_UNTAG_MIN = ETH_TYPE_END + 4 + 2
 FUZZ_BASE = [s for s in C.edge_specs() + C.random_specs(200, FUZZ_SEED)
              if s.payload <= 20000]
 
@@ -378,7 +380,29 @@ def _judge(pair: TapPair, h: VnetHdr, f: bytes) -> tuple[str, str | None]:
                             f"kernel accepts, validate refuses {reason.name}: "
                             "no documented rule covers it")
     ours = _ours(h, f, kernel)
-    if ours != kernel:
+    if ours != kernel and not (kernel == [] and _vlan_tag_cut_short(h, f)):
         return "both accept", (f"both accept, kernel sent {len(kernel)} packets, "
                                f"segment() {len(ours)}, they differ")
     return "both accept", None
+
+
+def _vlan_tag_cut_short(h: VnetHdr, f: bytes) -> bool:
+    """Not a validate() matter: the kernel's receive path (skb_vlan_untag)
+    takes the write, then drops a VLAN-tagged frame with less than 2 bytes
+    after its tag (shorter than 20 bytes; measured).  Without offloads there is
+    nothing for vmdnet to do: segment() hands the frame back as it is, and the
+    tap it is written to drops it the same way."""
+    tpid = int.from_bytes(f[12:14], "big")
+    return (h.gso_type == 0 and not h.flags & NEEDS_CSUM and tpid in (0x8100, 0x88A8)
+            and len(f) < VLAN_UNTAG_MIN)
+
+
+def test_short_vlan_frame_is_dropped_after_the_write(pair: TapPair) -> None:
+    """Grounds _vlan_tag_cut_short: the write is taken (so validate() takes it
+    too), the receive path drops tagged frames under 20 bytes."""
+    for n, delivered in ((18, False), (19, False), (VLAN_UNTAG_MIN, True)):
+        f = P.eth(src=pair.next_mac(), ethertype=0x88B6, vlans=(5,))
+        f = f + bytes(n - len(f))
+        assert pair.kernel_accepts(VnetHdr(), f) == 0
+        validate(VnetHdr(), f)
+        assert bool(pair.kernel_segment(VnetHdr(), f)) == delivered, n
