@@ -752,7 +752,9 @@ class VirtioUser:
     """DPDK's virtio_user guest driver on a vhost-user socket, fed and drained by pcap.
 
     Port 0 is virtio_user; port 1 is a net_pcap port that reads `send_pcap`
-    (frames the guest transmits, each exactly once) and writes what the guest
+    (frames the guest transmits, each exactly once, or in a loop until stopped
+    with `repeat`, which needs an mbuf_size above the largest frame: net_pcap's
+    infinite_rx refuses multi-segment mbufs) and writes what the guest
     receives to a capture file.  Forwarding is ``io`` (bytes untouched) unless
     `csum`/`tso_mss` ask for TX offloads: then the ``csum`` engine marks frames
     for checksum offload / TSO (and rewrites MACs to GUEST_MAC -> PEER_MAC and
@@ -764,7 +766,8 @@ class VirtioUser:
     """
 
     def __init__(self, sock_path: str | os.PathLike[str], *,
-                 send_pcap: str | os.PathLike[str] | None = None, capture: bool = True,
+                 send_pcap: str | os.PathLike[str] | None = None, repeat: bool = False,
+                 capture: bool = True,
                  server: bool = False, packed: bool = False, csum: bool = False,
                  tso_mss: int | None = None, rx_offloads: Sequence[str] = (),
                  verbose: bool = False,
@@ -782,6 +785,8 @@ class VirtioUser:
         self.csum, self.tso_mss, self.verbose = csum, tso_mss, verbose
         self.rx_offloads = tuple(rx_offloads)
         pcap = f"net_pcap0,rx_pcap={send_pcap},tx_pcap={self.capture_path or '/dev/null'}"
+        if repeat:  # loop over the file for ever; frames must fit one mbuf each
+            pcap += ",infinite_rx=1"
         app = ["--no-flush-rx",  # else start drains the pcap before forwarding it
                f"--eth-peer={VU_PORT},{PEER_MAC}"]
         try:

@@ -17,6 +17,7 @@ import ipaddress
 import os
 import signal
 import struct
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -382,3 +383,50 @@ def test_guest_receives_gso(sockdir: Path, tmp_path: Path) -> None:
     assert [len(f) for f in res.frames] == [len(f) for f in frames]
     assert all({"RTE_MBUF_F_RX_LRO", "RTE_MBUF_F_RX_L4_CKSUM_NONE"} <= p.ol_flags
                for p in res.packets)
+
+
+# -- Open vSwitch with DPDK (bench/dpdk_common.py) ---------------------------------
+
+def _bench_common():
+    """bench/dpdk_common.py, imported from the repository root."""
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import bench.dpdk_common as common
+    return common
+
+
+@needs_dpdk
+@pytest.mark.slow
+def test_ovs_dpdk_recipe() -> None:
+    """A private OVS-DPDK (own db, daemons, netns, hugepages) with userspace TSO:
+    64 KiB super-frames from virtio_user reach the namespace's tap whole, and
+    everything the recipe set up is gone afterwards."""
+    common = _bench_common()
+    reason = common.ovs_dpdk_available()
+    if reason:
+        pytest.skip(reason)
+    pages_before = int(common.NR_HUGEPAGES.read_text())
+    frames = [d.tcp_superframe(seq=i * 65160) for i in range(6)]
+    with tempfile.TemporaryDirectory(prefix="vn-ovs-t-") as work:
+        pcap = Path(work) / "super.pcap"
+        d.write_pcap(pcap, frames)
+        with common.ovs_dpdk_vhost() as port:
+            with d.VirtioUser(port.socket_path, send_pcap=pcap, server=True, capture=False,
+                              tso_mss=d.TSO_MSS, log_dir=work) as vu:
+                vu.link_up(WAIT)
+                vu.start()
+                res = vu.finish(vu.wait_tx(len(frames), WAIT))
+            deadline = time.monotonic() + WAIT
+            while (tap := common.tap_counters(port.netns, port.tap))["rx_packets"] < len(frames):
+                assert time.monotonic() < deadline, tap
+                time.sleep(d.POLL_INTERVAL)
+            features = port.ovs.negotiated_features()
+            netns, huge = port.netns, port.ovs.workdir / "huge"
+    assert res.complete and res.port.tx_packets == len(frames)
+    assert tap["rx_packets"] == len(frames)
+    assert tap["rx_bytes"] == sum(len(f) for f in frames)
+    assert TX_OFFLOAD_FEATURES <= d.feature_names(features[-1])
+    assert not (Path("/run/netns") / netns).exists()
+    assert int(common.NR_HUGEPAGES.read_text()) == pages_before
+    assert str(huge) not in Path("/proc/mounts").read_text()
