@@ -32,7 +32,8 @@ netns=None, mem_mb=GUEST_MEM_MB, log_path=None, append=(), qemu_args=(), qemu=No
     it), serial console on QEMU's stdin/stdout (logged to ``log_path``, default
     ``<image>/logs/guest-<pid>-<n>.log``, with QEMU's stderr). ``ip="198.18.0.2/24"``,
     ``ip6="fd00::2/64"`` etc. become ``vn.*`` kernel parameters; ``netns="NAME"`` runs QEMU
-    through ``ip netns exec NAME`` (which execs, so the PID is QEMU's).
+    through ``ip netns exec NAME`` (which execs, so the PID is QEMU's). QEMU gets SIGTERM if
+    the thread that created the Guest dies (``pdeathsig_prefix``).
     ``wait_booted(timeout=BOOT_TIMEOUT)``: until the channel is up; raises GuestError if
         QEMU exits, GuestTimeout on timeout.
     ``run(cmd, timeout=RUN_TIMEOUT) -> (status, output)``: ``sh -c cmd`` in the guest,
@@ -47,6 +48,7 @@ netns=None, mem_mb=GUEST_MEM_MB, log_path=None, append=(), qemu_args=(), qemu=No
 ``GuestNetns(name)``: a network namespace for a guest's host side (created here; ``close()``
     deletes it) with ``run(argv)``, ``popen(argv)``, ``read_sysfs(path)`` and
     ``socket(family, type)`` (a socket created inside the namespace).
+``remove_stale_netns(prefix)``: delete namespaces PREFIX<pid> left by runs that were killed.
 """
 
 from __future__ import annotations
@@ -275,13 +277,18 @@ class Guest:
         argv = self._argv(qemu, mem_mb, " ".join(cmdline), netdev, mac, qemu_args)
         if netns is not None:
             argv = ["ip", "netns", "exec", netns, *argv]
+        argv = [*pdeathsig_prefix(), *argv]
         self._log = open(self.log_path, "wb", buffering=0)  # closed in close()
         self._log.write(f"### {' '.join(argv)}\n".encode())
         log.info("starting guest, console log %s", self.log_path)
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            start_new_session=True,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                start_new_session=True,
+            )
+        except OSError:
+            self._log.close()
+            raise
         self._reader = threading.Thread(target=self._read_console, daemon=True,
                                         name=f"guest-console-{self.proc.pid}")
         self._reader.start()
@@ -465,7 +472,8 @@ class GuestNetns:
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start ARGV inside the namespace (ip netns exec execs: the PID is ARGV's)."""
-        return subprocess.Popen(["ip", "netns", "exec", self.name, *argv], **kwargs)
+        return subprocess.Popen([*pdeathsig_prefix(), "ip", "netns", "exec", self.name, *argv],
+                                **kwargs)
 
     def read_sysfs(self, path: str) -> str:
         """Read a /sys file as seen from inside the namespace (e.g. a tap's statistics)."""
@@ -502,6 +510,42 @@ class GuestNetns:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def remove_stale_netns(prefix: str) -> list[str]:
+    """Delete namespaces named PREFIX<pid> whose pid no longer runs; return their names.
+
+    A test run killed outright cannot delete its namespace; the next run of the same test
+    sweeps it. A pid that has been reused keeps its namespace (conservative).
+    """
+    if not prefix.startswith("vn"):
+        raise ValueError("vmdnet test namespaces start with 'vn'")
+    removed = []
+    try:
+        names = sorted(os.listdir(NETNS_RUN))
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        m = re.fullmatch(re.escape(prefix) + r"(\d+)", name)
+        if m is None or Path(f"/proc/{m.group(1)}").exists():
+            continue
+        subprocess.run(["ip", "netns", "delete", name], check=False, timeout=IP_TIMEOUT,
+                       capture_output=True)
+        log.info("removed stale namespace %s", name)
+        removed.append(name)
+    return removed
+
+
+def pdeathsig_prefix() -> list[str]:
+    """argv prefix that has the kernel SIGTERM the child when its parent thread dies.
+
+    A test run killed outright (CI timeout, SIGKILL) then leaves no QEMU or server behind.
+    setpriv(1) sets it and execs, and the setting survives the exec chain (ip netns exec,
+    QEMU). The parent is the *thread* that started the child: start guests from a thread
+    that outlives them (pytest fixtures run on the main thread).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
 
 
 def have_qemu() -> bool:

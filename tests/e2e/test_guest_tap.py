@@ -32,11 +32,13 @@ from guestlib import (
     GuestNetns,
     TapNetdev,
     have_qemu,
+    remove_stale_netns,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 log = logging.getLogger(__name__)
 
+NETNS_PREFIX = "vn-guest-"
 TAP = "vngt0"
 HOST4, GUEST4 = "198.18.0.1", "198.18.0.2"
 HOST6, GUEST6 = "fd00::1", "fd00::2"
@@ -107,7 +109,8 @@ def image() -> GuestImage:
 
 @pytest.fixture(scope="module")
 def ns(image: GuestImage) -> Iterator[GuestNetns]:
-    netns = GuestNetns(f"vn-guest-{os.getpid()}")
+    remove_stale_netns(NETNS_PREFIX)
+    netns = GuestNetns(f"{NETNS_PREFIX}{os.getpid()}")
     try:
         for argv in (
             ["ip", "link", "set", "lo", "up"],

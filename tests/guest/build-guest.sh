@@ -79,11 +79,24 @@ apt_update_once() {
 	log "apt-get update"
 	apt-get update -qq >&2
 	APT_UPDATED=1
+	VERSIONS=()
+}
+
+# load_versions PKG...: remember the version apt would download for each PKG (one
+# apt-cache call for all: each call costs a second or more on a busy machine).
+declare -A VERSIONS=()
+load_versions() {
+	local pkg version
+	while read -r pkg version; do
+		[ -n "${VERSIONS[$pkg]:-}" ] || VERSIONS[$pkg]=$version
+	done < <(apt-cache show --no-all-versions "$@" 2>/dev/null |
+		awk '/^Package: /{p=$2} /^Version: /{print p, $2}')
 }
 
 # candidate_version PKG: the version apt would download, empty if unknown.
 candidate_version() {
-	apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n 's/^Version: //p' | head -n1
+	[ -n "${VERSIONS[$1]:-}" ] || load_versions "$1"
+	echo "${VERSIONS[$1]:-}"
 }
 
 # The real kernel package behind the linux-image-cloud-amd64 metapackage.
@@ -96,22 +109,18 @@ kernel_package() {
 		sed -n 's/^Depends: .*\(linux-image-6\.1\.[^ ,]*-cloud-amd64\).*/\1/p' | head -n1
 }
 
-# fetch PKG: make sure DEBS holds the candidate version of PKG; print the .deb path.
+# fetch PKG: make sure DEBS holds the candidate version of PKG; set DEB to its path.
+# apt-get download names files PKG_VERSION_ARCH.deb with the epoch colon as %3a.
 fetch() {
-	local pkg=$1 version deb
+	local pkg=$1 version
 	version=$(candidate_version "$pkg")
 	if [ -z "$version" ]; then
 		apt_update_once
 		version=$(candidate_version "$pkg")
 		[ -n "$version" ] || die "no Debian package $pkg"
 	fi
-	for deb in "$DEBS/${pkg}_"*.deb; do
-		if [ -e "$deb" ] && [ "$(dpkg-deb -f "$deb" Package)" = "$pkg" ] &&
-			[ "$(dpkg-deb -f "$deb" Version)" = "$version" ]; then
-			echo "$deb"
-			return
-		fi
-	done
+	DEB=$(deb_path "$pkg" "$version")
+	[ -z "$DEB" ] || return 0
 	log "downloading $pkg $version"
 	# A stale package list names files the mirror no longer has: refresh once and retry.
 	if ! (cd "$DEBS" && apt-get download -q -o APT::Sandbox::User=root "$pkg=$version" >&2); then
@@ -119,13 +128,19 @@ fetch() {
 		version=$(candidate_version "$pkg")
 		(cd "$DEBS" && apt-get download -q -o APT::Sandbox::User=root "$pkg=$version" >&2)
 	fi
-	for deb in "$DEBS/${pkg}_"*.deb; do
-		if [ "$(dpkg-deb -f "$deb" Version)" = "$version" ]; then
+	DEB=$(deb_path "$pkg" "$version")
+	[ -n "$DEB" ] || die "download of $pkg $version left no .deb"
+}
+
+# deb_path PKG VERSION: the cached .deb of that version, empty if none.
+deb_path() {
+	local deb
+	for deb in "$DEBS/${1}_${2//:/%3a}_"*.deb; do
+		if [ -f "$deb" ]; then
 			echo "$deb"
 			return
 		fi
 	done
-	die "download of $pkg $version left no .deb"
 }
 
 # in_tree PATH: follow the symlinks of PATH (a file under EXTRACT) inside EXTRACT: the
@@ -210,19 +225,21 @@ main() {
 	fi
 	DEBS=$OUTDIR/debs
 	EXTRACT=$OUTDIR/extract
-	ROOT=$OUTDIR/root
+	# Built aside and swapped in at the end: a test using OUTDIR/root meanwhile keeps working.
+	ROOT=$OUTDIR/root.new
 	mkdir -p "$DEBS"
 	apt-cache show --no-all-versions linux-image-cloud-amd64 >/dev/null 2>&1 || apt_update_once
-	local kpkg deb kver pkg
+	local kpkg kver pkg
 	kpkg=$(kernel_package)
 	[ -n "$kpkg" ] || die "cannot resolve linux-image-cloud-amd64 to a 6.1 kernel package"
+	load_versions "$kpkg" "${USER_PKGS[@]}"
 	rm -rf "$EXTRACT"
 	mkdir -p "$EXTRACT"
 	: >"$OUTDIR/manifest.txt.tmp"
 	for pkg in "$kpkg" "${USER_PKGS[@]}"; do
-		deb=$(fetch "$pkg")
-		dpkg-deb -x "$deb" "$EXTRACT"
-		echo "$pkg $(dpkg-deb -f "$deb" Version)" >>"$OUTDIR/manifest.txt.tmp"
+		fetch "$pkg"
+		dpkg-deb -x "$DEB" "$EXTRACT"
+		echo "$pkg $(candidate_version "$pkg")" >>"$OUTDIR/manifest.txt.tmp"
 	done
 	kver=${kpkg#linux-image-}
 	kver=${kver%-unsigned}
@@ -232,8 +249,12 @@ main() {
 	install -m 0644 "$EXTRACT/boot/vmlinuz-$kver" "$OUTDIR/vmlinuz.tmp"
 	mv "$OUTDIR/vmlinuz.tmp" "$OUTDIR/vmlinuz"
 	mv "$OUTDIR/manifest.txt.tmp" "$OUTDIR/manifest.txt"
+	rm -rf "$OUTDIR/root.old"
+	if [ -d "$OUTDIR/root" ]; then mv "$OUTDIR/root" "$OUTDIR/root.old"; fi
+	mv "$ROOT" "$OUTDIR/root"
+	rm -rf "$OUTDIR/root.old"
 	# The root tree was stamped with time 0 for the archive: mark it fresh for up_to_date.
-	touch "$ROOT/bin/busybox"
+	touch "$OUTDIR/root/bin/busybox"
 	rm -rf "$EXTRACT"
 	log "built $OUTDIR (kernel $kver, $(du -h "$OUTDIR/initramfs.cpio.gz" | cut -f1) initramfs)"
 }
