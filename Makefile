@@ -13,10 +13,23 @@ CSRC = $(filter-out csrc/vn_version.c,$(wildcard csrc/*.c))
 REGRESS_TARGETS = run-regress-unit run-regress-ctest run-regress-asan run-regress-config \
 	run-regress-offload-oracle run-regress-e2e
 
-.PHONY: all install regress bench lint asan clean $(REGRESS_TARGETS)
+.PHONY: all deps demo install regress bench lint asan clean $(REGRESS_TARGETS)
 
 all:
+	$(PYTHON) -m pip install -q setuptools wheel cffi
 	$(PYTHON) -m pip install -q --no-build-isolation -e '.[test]'
+
+# System packages the tests and the demo use (Debian 12, as root).
+DEB_PACKAGES = build-essential python3-dev iproute2 ethtool mandoc kmod qemu-system-x86 \
+	busybox-static cpio iperf3 dpdk dpdk-dev librte-net-null23 libseccomp-dev
+deps:
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		$(DEB_PACKAGES) || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q --no-install-recommends $(DEB_PACKAGES); }
+
+# The main job: a real guest on vionet, end to end (see tests/demo.py).
+demo: deps all
+	$(PYTHON) tests/demo.py
 
 install:
 	$(PYTHON) -m pip install -q .
