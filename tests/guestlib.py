@@ -49,12 +49,25 @@ netns=None, mem_mb=GUEST_MEM_MB, log_path=None, append=(), qemu_args=(), qemu=No
     deletes it) with ``run(argv)``, ``popen(argv)``, ``read_sysfs(path)`` and
     ``socket(family, type)`` (a socket created inside the namespace).
 ``remove_stale_netns(prefix)``: delete namespaces PREFIX<pid> left by runs that were killed.
+
+Host side of guest traffic (shared by the e2e tests; failures raise AssertionError):
+    ``skip_reason() -> str | None``: why guest tests cannot run here (no root, QEMU, tun).
+    ``stop_process(proc, grace=PROC_GRACE)``: SIGTERM, SIGKILL after GRACE, reap.
+    ``set_offloads(guest, "on"|"off")``: the guest's eth0 TX offloads (tx, sg, tso, gso,
+        gro) and its GUEST_TSO* receive offloads (rx-gro-hw) all on or off, checked.
+    ``link_counters(ns, ifname) -> dict``; ``mean_frame(before, after, "rx"|"tx")``: bytes
+        per packet between two samples (a mean above MTU_FRAME means GSO frames passed).
+    ``guest_to_host(guest, ns, host_addr, size)``: the guest's /tmp/tx through nc to a host
+        socket; returns the SHA-256 the host received (exactly SIZE bytes).
+    ``host_to_guest(guest, ns, guest_addr, payload)``: PAYLOAD from a host socket to nc -l in
+        the guest; returns the SHA-256 of what the guest stored.
 """
 
 from __future__ import annotations
 
 import base64
 import ctypes
+import hashlib
 import itertools
 import logging
 import math
@@ -551,3 +564,161 @@ def pdeathsig_prefix() -> list[str]:
 def have_qemu() -> bool:
     """Whether the QEMU binary Guest would start exists."""
     return shutil.which(os.environ.get("VN_QEMU", "qemu-system-x86_64")) is not None
+
+
+# --- host side of guest traffic -------------------------------------------------------------
+
+# Bounds for one transfer under TCG on a busy 2-core machine (~1 Gbit/s at best, often far
+# less); they only stop a broken setup from hanging.
+XFER_TIMEOUT = 120.0
+# A guest's nc -l starts in the background: connect attempts until it listens.
+CONNECT_TRIES = 100
+CONNECT_PAUSE = 0.1
+CONNECT_TIMEOUT = 10.0
+PROC_GRACE = 5.0
+# The largest frame of a 1500-byte MTU Ethernet link; a larger one on a tap is a GSO
+# super-packet.
+MTU_FRAME = 1514
+RECV_CHUNK = 1 << 20
+_ports = itertools.count(5100)
+
+# ethtool -K arguments per mode; rx-gro-hw is virtio_net's switch for the GUEST_TSO*
+# offloads (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, which QEMU turns into TUNSETOFFLOAD).
+GUEST_OFFLOADS = {
+    "on": "tx on sg on tso on gso on gro on rx-gro-hw on",
+    "off": "tx off sg off tso off gso off gro off rx-gro-hw off",
+}
+# What `ethtool -k` must then say.
+OFFLOAD_STATE = ("tx-checksumming", "tcp-segmentation-offload",
+                 "generic-segmentation-offload", "rx-gro-hw")
+
+
+def skip_reason() -> str | None:
+    """Why guest tests cannot run on this machine, or None."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, taps)"
+    if not have_qemu():
+        return "qemu-system-x86_64 is not installed"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing"
+    return None
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = PROC_GRACE) -> None:
+    """Terminate a process we started, kill it after GRACE seconds, reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(grace)
+
+
+def set_offloads(guest: Guest, mode: str, ifname: str = "eth0") -> None:
+    """Turn the guest's offloads all on or all off and check that ethtool agrees."""
+    guest.check(f"ethtool -K {ifname} {GUEST_OFFLOADS[mode]}")
+    state = guest.check(f"ethtool -k {ifname}")
+    for name in OFFLOAD_STATE:
+        if f"{name}: {mode}" not in state:
+            raise AssertionError(f"{name} is not {mode}:\n{state}")
+
+
+def link_counters(ns: GuestNetns, ifname: str) -> dict[str, int]:
+    """A link's byte and packet counters. On a tap, rx is what its reader (QEMU, vionet)
+    wrote, i.e. guest TX; tx is what the reader took, i.e. guest RX."""
+    stats = f"/sys/class/net/{ifname}/statistics"
+    return {name: int(ns.read_sysfs(f"{stats}/{name}"))
+            for name in ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")}
+
+
+def mean_frame(before: dict[str, int], after: dict[str, int], way: str) -> float:
+    """Mean bytes per packet in direction WAY ("rx" or "tx") between two samples."""
+    packets = after[f"{way}_packets"] - before[f"{way}_packets"]
+    if packets <= 0:
+        raise AssertionError(f"no {way} packets between the samples")
+    return (after[f"{way}_bytes"] - before[f"{way}_bytes"]) / packets
+
+
+def addr_family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def _receive_exactly(lsock: socket.socket, size: int, got: dict[str, object]) -> None:
+    """Accept one connection, hash SIZE bytes of it (fewer if it ends early) into GOT."""
+    try:
+        conn, _ = lsock.accept()
+        with conn:
+            conn.settimeout(XFER_TIMEOUT)
+            digest, count = hashlib.sha256(), 0
+            while count < size:
+                chunk = conn.recv(min(RECV_CHUNK, size - count))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                count += len(chunk)
+            got.update(count=count, sha=digest.hexdigest())
+    except OSError as e:
+        got["error"] = e
+
+
+def guest_to_host(guest: Guest, ns: GuestNetns, host_addr: str, size: int,
+                  src: str = "/tmp/tx") -> str:
+    """Send the guest's file SRC (SIZE bytes) with nc to a host socket; return the SHA-256
+    the host received. The host closes after SIZE bytes, which ends the guest's nc."""
+    port = next(_ports)
+    lsock = ns.socket(addr_family(host_addr))
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((host_addr, port))
+    lsock.listen(1)
+    lsock.settimeout(XFER_TIMEOUT)
+    got: dict[str, object] = {}
+    receiver = threading.Thread(target=_receive_exactly, args=(lsock, size, got),
+                                name="guest_to_host")
+    receiver.start()
+    try:
+        status, out = guest.run(f"nc {host_addr} {port} < {src}", timeout=XFER_TIMEOUT)
+    finally:
+        try:
+            lsock.shutdown(socket.SHUT_RDWR)  # wakes a still-blocked accept()
+        except OSError:
+            pass
+        receiver.join(XFER_TIMEOUT)
+        lsock.close()
+    if "error" in got or got.get("count") != size:
+        raise AssertionError(f"guest->host {host_addr}: {got}, nc exit {status}: {out}")
+    return str(got["sha"])
+
+
+def connect_retry(ns: GuestNetns, addr: str, port: int) -> socket.socket:
+    """Connect from the namespace to the guest, retrying while its listener starts."""
+    for _ in range(CONNECT_TRIES):
+        sock = ns.socket(addr_family(addr))
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect((addr, port))
+            return sock
+        except ConnectionRefusedError:
+            sock.close()
+            time.sleep(CONNECT_PAUSE)
+    raise AssertionError(f"guest never listened on {addr} port {port}")
+
+
+def host_to_guest(guest: Guest, ns: GuestNetns, guest_addr: str, payload: bytes) -> str:
+    """Send PAYLOAD from a host socket to nc -l in the guest; return the SHA-256 of what the
+    guest stored in /tmp/rx."""
+    port = next(_ports)
+    guest.check(f"rm -f /tmp/rx; nc -l -p {port} > /tmp/rx 2>/tmp/nc.err & echo $! > /tmp/nc.pid")
+    with connect_retry(ns, guest_addr, port) as sock:
+        sock.settimeout(XFER_TIMEOUT)
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        # nc exits at our EOF and closes: then /tmp/rx is complete.
+        if sock.recv(1) != b"":
+            raise AssertionError("the guest's nc sent data back")
+    out = guest.check("pid=$(cat /tmp/nc.pid); while [ -d /proc/$pid ]; do sleep 0.1; done; "
+                      "wc -c < /tmp/rx; sha256sum /tmp/rx", timeout=XFER_TIMEOUT)
+    count, sha = out.split()[:2]
+    if int(count) != len(payload):
+        raise AssertionError(f"host->guest {guest_addr}: guest got {count} of {len(payload)} B")
+    return sha

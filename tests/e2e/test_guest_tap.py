@@ -14,29 +14,38 @@ module's fixtures delete with the tap and QEMU even when a test fails.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from guestlib import (
+    MTU_FRAME,
+    XFER_TIMEOUT,
     Guest,
     GuestImage,
     GuestNetns,
     TapNetdev,
-    have_qemu,
+    VhostUserNetdev,
+    guest_to_host,
+    host_to_guest,
+    link_counters,
+    mean_frame,
     remove_stale_netns,
+    set_offloads,
+    skip_reason,
+    stop_process,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 log = logging.getLogger(__name__)
+# test_guest_vionet.py imports these from here; all but PAYLOAD_BYTES live in guestlib.
+__all__ = ["MTU_FRAME", "PAYLOAD_BYTES", "guest_to_host", "host_to_guest", "mean_frame",
+           "set_offloads", "skip_reason", "stop"]
+stop = stop_process
 
 NETNS_PREFIX = "vn-guest-"
 TAP = "vngt0"
@@ -47,18 +56,6 @@ PAYLOAD_BYTES = 16 << 20
 # iperf3 amount per direction (its own unit syntax): bounded by bytes, not time.
 IPERF_AMOUNT = "20M"
 IPERF_BYTES = 20 << 20
-# Bounds for one transfer under TCG on a busy 2-core machine (~1 Gbit/s at best, often far
-# less); they only stop a broken setup from hanging.
-XFER_TIMEOUT = 120.0
-# The guest's nc -l starts in the background: connect attempts until it listens.
-CONNECT_TRIES = 100
-CONNECT_PAUSE = 0.1
-CONNECT_TIMEOUT = 10.0
-PROC_GRACE = 5.0
-# The largest frame of a 1500-byte MTU Ethernet link; a larger one on the tap is a GSO
-# super-packet.
-MTU_FRAME = 1514
-PORTS = itertools.count(5100)
 IPERF_PORT = 5201
 
 # virtio-net feature bits (virtio 1.2, 5.1.3 and 6) that QEMU's tap backend offers and
@@ -77,26 +74,6 @@ EXPECTED_FEATURES = {
     "VIRTIO_NET_F_CTRL_VQ": 17,
     "VIRTIO_F_VERSION_1": 32,
 }
-
-# ethtool -K arguments per mode; rx-gro-hw is virtio_net's switch for the GUEST_TSO*
-# offloads (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, which QEMU turns into TUNSETOFFLOAD).
-OFFLOADS = {
-    "on": "tx on sg on tso on gso on gro on rx-gro-hw on",
-    "off": "tx off sg off tso off gso off gro off rx-gro-hw off",
-}
-# What `ethtool -k eth0` must then say.
-OFFLOAD_STATE = ("tx-checksumming", "tcp-segmentation-offload",
-                 "generic-segmentation-offload", "rx-gro-hw")
-
-
-def skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, taps)"
-    if not have_qemu():
-        return "qemu-system-x86_64 is not installed"
-    if not os.path.exists("/dev/net/tun"):
-        return "/dev/net/tun is missing"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -152,115 +129,11 @@ def iperf_server(image: GuestImage, ns: GuestNetns) -> Iterator[None]:
     try:
         yield
     finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate a process we started, kill it after a grace period, reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(PROC_GRACE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(PROC_GRACE)
-
-
-def set_offloads(guest: Guest, mode: str) -> None:
-    guest.check(f"ethtool -K eth0 {OFFLOADS[mode]}")
-    state = guest.check("ethtool -k eth0")
-    for name in OFFLOAD_STATE:
-        assert f"{name}: {mode}" in state, state
+        stop_process(proc)
 
 
 def tap_counters(ns: GuestNetns) -> dict[str, int]:
-    """The tap's rx (QEMU wrote: guest TX) and tx (QEMU read: guest RX) counters."""
-    stats = f"/sys/class/net/{TAP}/statistics"
-    return {name: int(ns.read_sysfs(f"{stats}/{name}"))
-            for name in ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")}
-
-
-def mean_frame(before: dict[str, int], after: dict[str, int], way: str) -> float:
-    packets = after[f"{way}_packets"] - before[f"{way}_packets"]
-    assert packets > 0
-    return (after[f"{way}_bytes"] - before[f"{way}_bytes"]) / packets
-
-
-def family(addr: str) -> int:
-    return socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-
-def guest_to_host(guest: Guest, ns: GuestNetns, host_addr: str, size: int) -> str:
-    """Send the guest's /tmp/tx with nc to a host socket; return the SHA-256 received."""
-    port = next(PORTS)
-    lsock = ns.socket(family(host_addr))
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind((host_addr, port))
-    lsock.listen(1)
-    lsock.settimeout(XFER_TIMEOUT)
-    got: dict[str, object] = {}
-
-    def receive() -> None:
-        try:
-            conn, _ = lsock.accept()
-            with conn:
-                conn.settimeout(XFER_TIMEOUT)
-                digest, count = hashlib.sha256(), 0
-                while count < size:
-                    chunk = conn.recv(min(1 << 20, size - count))
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    count += len(chunk)
-                got.update(count=count, sha=digest.hexdigest())
-        except OSError as e:
-            got["error"] = e
-
-    receiver = threading.Thread(target=receive, name="guest_to_host")
-    receiver.start()
-    try:
-        status, out = guest.run(f"nc {host_addr} {port} < /tmp/tx", timeout=XFER_TIMEOUT)
-    finally:
-        try:
-            lsock.shutdown(socket.SHUT_RDWR)  # wakes a still-blocked accept()
-        except OSError:
-            pass
-        receiver.join(XFER_TIMEOUT)
-        lsock.close()
-    assert "error" not in got, got
-    assert got.get("count") == size, (got, status, out)
-    return str(got["sha"])
-
-
-def connect(ns: GuestNetns, addr: str, port: int) -> socket.socket:
-    """Connect to the guest, retrying while its listener starts."""
-    for _ in range(CONNECT_TRIES):
-        sock = ns.socket(family(addr))
-        sock.settimeout(CONNECT_TIMEOUT)
-        try:
-            sock.connect((addr, port))
-            return sock
-        except ConnectionRefusedError:
-            sock.close()
-            time.sleep(CONNECT_PAUSE)
-    raise AssertionError(f"guest never listened on {addr} port {port}")
-
-
-def host_to_guest(guest: Guest, ns: GuestNetns, guest_addr: str, payload: bytes) -> str:
-    """Send PAYLOAD from a host socket to nc -l in the guest; return the guest's SHA-256."""
-    port = next(PORTS)
-    guest.check(f"rm -f /tmp/rx; nc -l -p {port} > /tmp/rx 2>/tmp/nc.err & echo $! > /tmp/nc.pid")
-    with connect(ns, guest_addr, port) as sock:
-        sock.settimeout(XFER_TIMEOUT)
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        # nc exits at our EOF and closes: then /tmp/rx is complete.
-        assert sock.recv(1) == b""
-    out = guest.check("pid=$(cat /tmp/nc.pid); while [ -d /proc/$pid ]; do sleep 0.1; done; "
-                      "wc -c < /tmp/rx; sha256sum /tmp/rx", timeout=XFER_TIMEOUT)
-    count, sha = out.split()[:2]
-    assert int(count) == len(payload), out
-    return sha
+    return link_counters(ns, TAP)
 
 
 def test_negotiated_features(guest: Guest) -> None:
@@ -325,3 +198,23 @@ def test_console_log_written(guest: Guest) -> None:
     """The console log a failing run is debugged with holds the boot and the channel."""
     text = Path(guest.log_path).read_text(errors="replace")
     assert "Run /init as init process" in text and "@@VN-READY@@" in text
+
+
+def test_netdev_arguments() -> None:
+    """The QEMU arguments the netdevs produce (no QEMU needed): vhost-user always with
+    vectors=0, device properties as on/off, commas escaped."""
+    tap = TapNetdev("vn,t0", device_props={"mrg_rxbuf": False, "host_mtu": 9000})
+    assert tap.qemu_args("n0", "52:54:00:00:00:01") == [
+        "-netdev", "tap,id=n0,ifname=vn,,t0,script=no,downscript=no,vhost=off",
+        "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,mrg_rxbuf=off,host_mtu=9000"]
+    client = VhostUserNetdev("/tmp/s.sock", reconnect=1, device_props={"guest_tso4": True})
+    assert client.qemu_args("n0", "52:54:00:00:00:01") == [
+        "-chardev", "socket,id=cn0,path=/tmp/s.sock,reconnect=1",
+        "-netdev", "vhost-user,id=n0,chardev=cn0",
+        "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,vectors=0,guest_tso4=on"]
+    server = VhostUserNetdev("/tmp/s.sock", server=True)
+    assert "socket,id=cn0,path=/tmp/s.sock,server=on,wait=off" in server.qemu_args("n0", "m")
+    with pytest.raises(ValueError):
+        VhostUserNetdev("/tmp/s.sock", device_props={"vectors": 3}).qemu_args("n0", "m")
+    with pytest.raises(ValueError):
+        VhostUserNetdev("/tmp/s.sock", server=True, reconnect=1).qemu_args("n0", "m")
