@@ -59,6 +59,10 @@ READ_MAX = 65536 + VNET_HDR_SZ + 64
 # The fence frame's EtherType: IEEE 802 "local experimental" 1.
 FENCE_ETHERTYPE = 0x88B5
 FENCE_MAGIC = b"vnFENCE!"
+# Where fences go: the test frames' destination (pktlib.MAC_B), which no port
+# ever sends from, so the bridge floods it to tap B like the case's packets.
+FENCE_DST = bytes.fromhex("020000000002")
+ETH_MIN_PAYLOAD = 46
 # Locally administered unicast MACs the harness hands out: 02:76:6e ("vn").
 MAC_PREFIX = bytes.fromhex("02766e")
 DEFAULT_TIMEOUT = 5.0
@@ -209,7 +213,7 @@ class TapPair:
         """Throw away whatever waits on either tap; return how many frames."""
         n = 0
         for tap in (self.a, self.b):
-            while True:
+            for _ in range(ORACLE_TXQLEN + 1):      # a queue holds no more
                 try:
                     os.read(tap.fd, READ_MAX)
                 except BlockingIOError:
@@ -218,9 +222,9 @@ class TapPair:
         return n
 
     def _fence(self, src: bytes, token: int) -> bytes:
-        dst = bytes.fromhex("020000000002")
         body = FENCE_MAGIC + struct.pack("!Q", token)
-        return dst + src + struct.pack("!H", FENCE_ETHERTYPE) + body.ljust(46, b"\0")
+        return (FENCE_DST + src + struct.pack("!H", FENCE_ETHERTYPE)
+                + body.ljust(ETH_MIN_PAYLOAD, b"\0"))
 
     def _write_fence(self, src: bytes) -> int:
         token = next(self._token)

@@ -10,9 +10,12 @@ Stricter rules (the kernel accepts the write; vmdnet refuses it):
   gso_no_csum       GSO without NEEDS_CSUM (every virtio driver sets it with
                     GSO); the kernel checksums and segments it itself.
   csum_placement    GSO with csum_start not at the TCP/UDP header, or
-                    csum_offset not its check field; the kernel drops TSO/USO
-                    ones when it segments, UFO ignores both and segments.
-  udp_ecn           ECN on a UDP gso_type; the kernel ignores the bit.
+                    csum_offset not its check field.  For TSO/USO the kernel
+                    refuses a wrong csum_offset itself, takes a wrong
+                    csum_start and mostly drops the packet when it segments;
+                    UFO ignores both and segments.
+  udp_ecn           ECN on a UDP gso_type: the kernel ignores the bit with UFO
+                    (with USO it refuses the write itself).
   ufo_tiny          UFO with gso_size below the 8-byte UDP header; the kernel
                     splits it into that many fragments.
   tcp_options       TCP GSO longer than gso_size only by its TCP options (the
@@ -37,6 +40,7 @@ Stricter rules (the kernel accepts the write; vmdnet refuses it):
 from __future__ import annotations
 
 import errno
+import os
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -49,6 +53,7 @@ from netns import VNET_HDR_SZ, TapPair
 from oracle_hdrs import Parsed, parse, v6_frag_header
 
 from vmdnet.offload import MAX_FRAME, BadHeader, Reason, VnetHdr, segment, validate
+from vmdnet.tun import set_vnet_hdr_sz
 
 # Fuzz: chunks of mutated headers, each chunk seeded from FUZZ_SEED and its index.
 FUZZ_SEED = 20261122
@@ -406,3 +411,25 @@ def test_short_vlan_frame_is_dropped_after_the_write(pair: TapPair) -> None:
         assert pair.kernel_accepts(VnetHdr(), f) == 0
         validate(VnetHdr(), f)
         assert bool(pair.kernel_segment(VnetHdr(), f)) == delivered, n
+
+
+@pytest.mark.parametrize("hdr_sz", [10, 12, 20])
+def test_hdr_len_slack_is_header_size_minus_10(pair: TapPair, hdr_sz: int) -> None:
+    """Grounds hdr_len_slack: the kernel checks hdr_len against the bytes left
+    after the first 10 header bytes, so the slack grows with the header size."""
+    case = _case(pair, C.Spec("plain", "plain", 4, 100))
+    n = len(case.frame)
+    try:
+        set_vnet_hdr_sz(pair.a.fd, hdr_sz)
+        for hdr_len, taken in ((n + hdr_sz - 10, True), (n + hdr_sz - 9, False)):
+            raw = VnetHdr(hdr_len=hdr_len).pack(hdr_sz) + case.frame
+            try:
+                os.write(pair.a.fd, raw)
+                ok = True
+            except OSError as e:
+                assert e.errno == errno.EINVAL
+                ok = False
+            assert ok == taken, (hdr_sz, hdr_len - n)
+    finally:
+        set_vnet_hdr_sz(pair.a.fd, VNET_HDR_SZ)
+        pair.drain()
