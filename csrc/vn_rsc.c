@@ -629,10 +629,11 @@ static uint64_t *header_check(struct vn_rsc *r, const struct rsc_flow *fl, const
 	return NULL;
 }
 
-/* IPv4 ID rule: incrementing from the head, or (rsc mode) fixed. */
+/* IPv4 ID rule: incrementing from the head (absorbed duplicate ACKs used
+ * IDs too), or (rsc mode) fixed. */
 static int ipid_ok(const struct vn_rsc *r, const struct rsc_flow *fl, const struct seg *s)
 {
-	uint16_t inc = (uint16_t)(fl->head_ipid + fl->segs);
+	uint16_t inc = (uint16_t)(fl->head_ipid + fl->segs + fl->dup_acks);
 	int fixed_ok = r->cfg.mode == VN_RSC_MODE_RSC && s->ipid == fl->head_ipid;
 
 	if (s->version != 4)
@@ -844,10 +845,10 @@ static void ack_only(struct vn_rsc *r, struct outq *q, struct rsc_flow *fl,
 			why = &r->st.dup_acks;
 			if (r->cfg.mode == VN_RSC_MODE_RSC && s->seq == fl->next_seq &&
 			    s->flags == TCP_ACK && !header_check(r, fl, s) &&
+			    ipid_ok(r, fl, s) && fl->dup_acks < UINT16_MAX &&
 			    seg_verify(s, trusted)) {
 				r->st.dup_acks++;
-				if (fl->dup_acks < UINT16_MAX)
-					fl->dup_acks++;
+				fl->dup_acks++;
 				fl->last_used = ++r->tick;
 				return;
 			}
