@@ -284,6 +284,7 @@ class Guest:
         self._booted = False
         self._broken: str | None = None
         self._ids = itertools.count(1)
+        self._run_lock = threading.Lock()
         kparams = {"vn.ip": ip, "vn.ip6": ip6, "vn.gw": gw, "vn.gw6": gw6, "vn.mtu": mtu}
         cmdline = ["console=ttyS0", "panic=-1", *(f"{k}={v}" for k, v in kparams.items()
                                                    if v is not None), *append]
@@ -391,7 +392,13 @@ class Guest:
         self._booted = True
 
     def run(self, cmd: str, timeout: float = RUN_TIMEOUT) -> tuple[int, str]:
-        """Run CMD with sh -c in the guest; return (exit status, stdout+stderr)."""
+        """Run CMD with sh -c in the guest; return (exit status, stdout+stderr).
+
+        One command at a time: calls from several threads take turns."""
+        with self._run_lock:
+            return self._run(cmd, timeout)
+
+    def _run(self, cmd: str, timeout: float) -> tuple[int, str]:
         if self._broken:
             raise GuestError(f"channel unusable: {self._broken}")
         self.wait_booted()
