@@ -22,8 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
 
-from guestlib import Guest, GuestImage, GuestNetns, VhostUserNetdev  # noqa: E402
-from test_guest_tap import stop  # noqa: E402
+from guestlib import Guest, GuestImage, GuestNetns, VhostUserNetdev, stop_process  # noqa: E402
 from test_guest_vionet import Vionet  # noqa: E402
 
 from vmdnet.vionet.main import stats_table  # noqa: E402
@@ -92,7 +91,7 @@ def run_demo(workdir: Path) -> None:
             print(stats_table(vionet.stats()))
     finally:
         if iperf:
-            stop(iperf)
+            stop_process(iperf)
         if vionet:
             vionet.close()
         ns.close()

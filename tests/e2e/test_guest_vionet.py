@@ -24,16 +24,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from guestlib import Guest, GuestImage, GuestNetns, VhostUserNetdev
-from test_guest_tap import (
+from guestlib import (
     MTU_FRAME,
-    PAYLOAD_BYTES,
+    Guest,
+    GuestImage,
+    GuestNetns,
+    VhostUserNetdev,
     guest_to_host,
     host_to_guest,
+    link_counters,
     mean_frame,
     set_offloads,
     skip_reason,
-    stop,
+    stop_process,
 )
 
 from vmdnet.tun import caps as tcaps
@@ -44,6 +47,8 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 TAP = "vngv0"
 HOST4, GUEST4 = "198.18.1.1", "198.18.1.2"
 HOST6, GUEST6 = "fd00:1::1", "fd00:1::2"
+# 16 MiB per transfer: hundreds of TSO super-packets, about a second under TCG.
+PAYLOAD_BYTES = 16 << 20
 # vionet creates the tap and the socket within a second; a busy CI machine gets margin.
 VIONET_START_TIMEOUT = 30.0
 STATS_TIMEOUT = 10.0
@@ -84,7 +89,7 @@ class Vionet:
         return json.loads(self.stats_path.read_text())
 
     def close(self) -> None:
-        stop(self.proc)
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +142,6 @@ def tx_sha(guest: Guest) -> str:
     return out.split()[0]
 
 
-def tap_counters(ns: GuestNetns) -> dict[str, int]:
-    stats = f"/sys/class/net/{TAP}/statistics"
-    return {name: int(ns.read_sysfs(f"{stats}/{name}"))
-            for name in ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")}
-
-
 def tap_offload_state(ns: GuestNetns) -> str:
     return ns.run(["ethtool", "-k", TAP]).stdout
 
@@ -182,11 +181,11 @@ def test_tcp_payload_both_ways(guest: Guest, ns: GuestNetns, vionet: Vionet, tx_
     payload = os.urandom(PAYLOAD_BYTES)
     want = hashlib.sha256(payload).hexdigest()
     for host_addr, guest_addr in ((HOST4, GUEST4), (HOST6, GUEST6)):
-        before = tap_counters(ns)
+        before = link_counters(ns, TAP)
         assert guest_to_host(guest, ns, host_addr, PAYLOAD_BYTES) == tx_sha
-        middle = tap_counters(ns)
+        middle = link_counters(ns, TAP)
         assert host_to_guest(guest, ns, guest_addr, payload) == want
-        after = tap_counters(ns)
+        after = link_counters(ns, TAP)
         guest_tx = mean_frame(before, middle, "rx")
         if mode == "on":
             assert guest_tx > MTU_FRAME, f"no guest TSO reached the tap ({guest_tx:.0f} B)"
