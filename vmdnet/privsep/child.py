@@ -1,0 +1,118 @@
+"""A child's end of its privsep channel to the parent (used by vionet under vmdnetd).
+
+ParentLink is a TapControl: set_offload / set_vnet_hdr_sz send a request and
+wait for the parent's RESULT (the parent validates it and issues the ioctl).
+A reader thread owns the socket's receive side: RESULTs go to the waiting
+caller, STATS_REQUEST is answered with stats_fn(), LOG_VERBOSE switches the
+root logger's level.  If the parent goes away the child exits: without the
+parent it can no longer change its tap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from vmdnet.privsep.channel import Channel
+from vmdnet.privsep.codec import (
+    LogVerbose,
+    Message,
+    Peer,
+    PrivsepError,
+    Result,
+    Stats,
+    StatsRequest,
+    TapSetOffload,
+    TapSetVnetHdrSz,
+    VhostUserFd,
+)
+
+log = logging.getLogger(__name__)
+
+# The parent answers a tap request at once (one ioctl); a minute means it is wedged.
+REQUEST_TIMEOUT_S = 60.0
+# Exit status when the parent vanished or broke the protocol.
+EXIT_PARENT_GONE = 3
+
+
+class ParentLink:
+    """Frames to and from the parent over FD (a SOCK_SEQPACKET socket)."""
+
+    def __init__(self, fd: int, my_id: int, stats_fn: Callable[[], dict[str, Any]],
+                 on_vhost_user_fd: Callable[[int], None] | None = None) -> None:
+        sock = socket.socket(fileno=fd)
+        self.channel = Channel(sock, Peer.VIONET, Peer.PARENT, my_id)
+        self.stats_fn = stats_fn
+        self.on_vhost_user_fd = on_vhost_user_fd
+        self._send_lock = threading.Lock()
+        self._results: dict[int, queue.SimpleQueue[int]] = {}
+        self._results_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read_loop, name="privsep", daemon=True)
+
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+    def start(self) -> None:
+        self._reader.start()
+
+    # --- TapControl ----------------------------------------------------------
+    def set_offload(self, flags: int) -> None:
+        self._request(TapSetOffload(flags))
+
+    def set_vnet_hdr_sz(self, size: int) -> None:
+        self._request(TapSetVnetHdrSz(size))
+
+    def _request(self, body: TapSetOffload | TapSetVnetHdrSz) -> None:
+        box: queue.SimpleQueue[int] = queue.SimpleQueue()
+        with self._send_lock:
+            seq = self.channel.next_seq()
+            with self._results_lock:
+                self._results[seq] = box
+            self.channel.send(body, seq=seq)
+        try:
+            err = box.get(timeout=REQUEST_TIMEOUT_S)
+        except queue.Empty:
+            raise OSError(0, f"parent did not answer {type(body).__name__}") from None
+        finally:
+            with self._results_lock:
+                self._results.pop(seq, None)
+        if err:
+            raise OSError(err, f"parent refused {body}: {os.strerror(err)}")
+
+    # --- the reader thread -----------------------------------------------------
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                msgs = self.channel.recv()
+                if msgs is None:
+                    log.error("parent closed the privsep channel; exiting")
+                    break
+                for m in msgs:
+                    self._dispatch(m)
+        except (PrivsepError, OSError) as exc:
+            log.error("privsep channel: %s; exiting", exc)
+        os._exit(EXIT_PARENT_GONE)
+
+    def _dispatch(self, m: Message) -> None:
+        if isinstance(m.body, Result):
+            with self._results_lock:
+                box = self._results.get(m.seq)
+            if box is None:
+                log.warning("RESULT for unknown request %d ignored", m.seq)
+            else:
+                box.put(m.body.errno)
+        elif isinstance(m.body, StatsRequest):
+            with self._send_lock:
+                self.channel.send(Stats(self.stats_fn()), seq=m.seq)
+        elif isinstance(m.body, LogVerbose):
+            logging.getLogger().setLevel(logging.DEBUG if m.body.verbose else logging.WARNING)
+        elif isinstance(m.body, VhostUserFd) and m.fd is not None:
+            if self.on_vhost_user_fd is None:
+                os.close(m.fd)
+            else:
+                self.on_vhost_user_fd(m.fd)
