@@ -25,6 +25,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from vmdnet.privsep.child import ParentLink
+from vmdnet.privsep.sandbox import Ids, enter_sandbox
 from vmdnet.tun import caps as tcaps
 from vmdnet.vhost_user import socket as vsock
 from vmdnet.vhost_user.capabilities import print_capabilities
@@ -72,6 +74,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the vhost-user back-end capabilities (JSON) and exit")
     p.add_argument("-v", "--verbose", action="count", default=0)
+    # Under vmdnetd (privilege separation): see privsep_setup() below.
+    p.add_argument("--privsep-fd", type=int,
+                   help="SOCK_SEQPACKET channel to vmdnetd: tap ioctls go through it")
+    p.add_argument("--privsep-id", type=int, default=0, help="our id on that channel")
+    p.add_argument("--sandbox", metavar="UID:GID:DIR",
+                   help="before serving the guest: chroot DIR, become UID:GID, seccomp")
     args = p.parse_args(argv)
     if args.print_capabilities:
         return args
@@ -215,6 +223,19 @@ class Control:
         self.dev.close()
 
 
+# --- under vmdnetd (privilege separation) -------------------------------------------------
+# The parent passes --tap-fd, --fd (the accepted vhost-user connection),
+# --privsep-fd and --sandbox; vionet then never needs a path or a privilege.
+
+
+def privsep_sandbox(args: argparse.Namespace, ctl: Control, tap_fd: int) -> None:
+    """Enter the sandbox before the first guest byte is read; keep only our fds."""
+    uid, gid, root = args.sandbox.split(":", 2)
+    keep = {0, 1, 2, tap_fd, ctl.sel.fileno(), ctl.sig_r.fileno(), ctl.sig_w.fileno()}
+    keep |= {fd for fd in (args.fd, args.privsep_fd) if fd is not None}
+    enter_sandbox(Ids(int(uid), int(gid)), root, keep)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.print_capabilities:
@@ -225,8 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     tap_fd = open_tap(args)
     set_nonblocking(tap_fd)
     caps = tcaps.TapCaps(vnet_hdr=not args.no_vnet_hdr, offloads=args.offload_set)
-    dev = Vionet(tap_fd, LocalTap(tap_fd), caps, discard=args.discard)
+    link = None
+    if args.privsep_fd is not None:
+        link = ParentLink(args.privsep_fd, args.privsep_id, lambda: dev.stats())
+    dev = Vionet(tap_fd, link or LocalTap(tap_fd), caps, discard=args.discard)
     ctl = Control(args, dev)
+    if link is not None:
+        link.start()
+    if args.sandbox:
+        privsep_sandbox(args, ctl, tap_fd)
     try:
         return ctl.run()
     finally:
