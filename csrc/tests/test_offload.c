@@ -18,7 +18,8 @@
  *      buffer handed to the engine is a heap block of exactly the size passed
  *      (frames, arenas, segment tables, iovecs), so ASan reports any access
  *      past it; arenas and tables are also given exactly what a call needs,
- *      then one byte or one entry less, which must fail with NO_SPACE.
+ *      then one byte or one entry less, which must fail with NO_SPACE, and
+ *      tiny ones; vn_validate_head() gets an exact-size copy of a prefix.
  *
  * Usage: ctest.bin [fuzz-iterations [seed]].  Prints one summary line; exits
  * 1 when any check failed.
@@ -821,6 +822,43 @@ static void check_no_space(const struct vn_net_hdr *h, const uint8_t *f, size_t 
 	free(iov);
 }
 
+/* A tiny arena and segment table (exact heap sizes): the call fits and gives
+ * the same result, or fails with NO_SPACE without writing past them. */
+static void check_tiny(const struct vn_net_hdr *h, const uint8_t *f, size_t len,
+		       uint32_t fid, const struct segs *s)
+{
+	size_t cap = rnd_below(VN_ETH_HLEN * 12);
+	uint32_t max = 1 + rnd_below(4);
+	uint8_t *a = xmalloc(cap);
+	uint32_t *l = xmalloc(sizeof(uint32_t) * max);
+	struct iovec *iov = xmalloc(sizeof(*iov) * 2 * max);
+	int r = vn_segment(h, f, len, fid, a, cap, l, max);
+
+	CHECK(r == -VN_BAD_NO_SPACE || (r == s->n && segs_total(s) <= cap &&
+					 memcmp(a, s->out, segs_total(s)) == 0));
+	r = vn_segment_iov(h, f, len, fid, a, cap, iov, max);
+	CHECK(r == -VN_BAD_NO_SPACE || r == s->n);
+	free(a);
+	free(l);
+	free(iov);
+}
+
+/* vn_validate_head() on an exact-size copy of the frame's first bytes: the
+ * same verdict as vn_validate() once the copy holds every parsed header. */
+static void check_head(const struct vn_net_hdr *h, const uint8_t *f, size_t len, int v)
+{
+	size_t hl = rnd_below(2) ? rnd_below((uint32_t)len + 1) : len;
+	uint8_t *head = dup_bytes(f, hl);
+	struct vn_pkt full, part;
+	int vh = vn_validate_head(h, head, hl, len, &part);
+
+	CHECK(vh <= 0 && vh > -VN_BAD_MAX_ && vh != -VN_BAD_NO_SPACE);
+	vn_parse(f, len, &full);
+	if (hl == len || (full.l4_off && hl >= (size_t)full.l4_off + full.l4_hlen))
+		CHECK(vh == v);
+	free(head);
+}
+
 /* ---- 4. fuzz ------------------------------------------------------------------------------ */
 
 static const uint16_t edge16[] = { 0, 1, 2, 6, 7, 8, 9, 13, 14, 15, 16, 18, 19, 20, 21, 22,
@@ -951,6 +989,7 @@ static void fuzz_pair(const struct vn_net_hdr *h, const uint8_t *f, size_t len,
 
 	CHECK(v <= 0 && v > -VN_BAD_MAX_ && v != -VN_BAD_NO_SPACE);
 	CHECK(vn_complete_csum(h, done, len) == v);
+	check_head(h, f, len, v);
 	vn_verify(f, len);
 	s = segment_all(h, f, len, fid);
 	if (v < 0) {
@@ -971,6 +1010,7 @@ static void fuzz_pair(const struct vn_net_hdr *h, const uint8_t *f, size_t len,
 			check_ufo(f, valid, &s, h->gso_size, fid);
 		check_iov_same(h, f, len, fid, &s);
 		check_no_space(h, f, len, fid, &s);
+		check_tiny(h, f, len, fid, &s);
 	}
 	CHECK(memcmp(before, f, len) == 0);     /* the input is never written */
 	(void)payload;

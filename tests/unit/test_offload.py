@@ -192,7 +192,7 @@ def check_tcp_segments(b: P.Built, segs: list[bytes], mss: int, seq0: int, flags
             assert s[b.l3_off + 8:b.l4_off] == b.frame[b.l3_off + 8:b.l4_off]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(version=st.sampled_from([4, 6]), n=st.integers(1, 20000), mss=st.integers(1, 9000),
        seq=st.integers(0, 0xFFFFFFFF), flags=st.integers(0, 0xFF),
        opts=st.sampled_from([b"", TS_OPT]), vlans=st.sampled_from([(), (5,), (7, 9)]))
@@ -246,7 +246,7 @@ def test_tcp_single_when_fits() -> None:
 
 # --- segment: USO -----------------------------------------------------------------
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(version=st.sampled_from([4, 6]), n=st.integers(2, 30000), mss=st.integers(1, 9000),
        vlans=st.sampled_from([(), (5,)]))
 def test_uso_segment_properties(version: int, n: int, mss: int, vlans: tuple[int, ...]) -> None:
@@ -271,7 +271,7 @@ def udp_datagram_ok(version: int, src: bytes, dst: bytes, dgram: bytes) -> bool:
     return P.ref_checksum(dgram, P.pseudo_sum(version, src, dst, UDP, len(dgram))) == 0xFFFF
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(n=st.integers(1, 20000), mss8=st.integers(1, 1200), df=st.booleans(),
        ident=st.integers(0, 0xFFFF))
 def test_ufo_ipv4_fragments_reassemble(n: int, mss8: int, df: bool, ident: int) -> None:
