@@ -182,15 +182,30 @@ class Control:
         try:
             events = self.conn.pump(self.dev.backend)
         except VhostUserError as exc:
-            self.dev.counters["protocol_errors"] += 1
             log.warning("vhost-user protocol error: %s; dropping the connection", exc)
-            self.dev.handle(exc.events or [])
-            self._detach()
+            self._refuse(exc.events or [])
             return
         if events is None:
             self._detach()
             return
-        self.dev.handle(events)
+        try:
+            self.dev.handle(events)
+        except (OSError, ValueError) as exc:
+            # The Backend accepted the request but the device cannot honour it:
+            # memory it cannot map (fd too short, not a file), a ring it cannot
+            # place.  The VMM's setup is unusable: end it like a protocol error
+            # instead of letting the exception end the process.
+            log.warning("cannot apply the VMM's setup: %s; dropping the connection", exc)
+            self._refuse([])
+
+    def _refuse(self, events: list) -> None:
+        """Count a protocol error, apply what came before it if possible, disconnect."""
+        self.dev.counters["protocol_errors"] += 1
+        try:
+            self.dev.handle(events)
+        except (OSError, ValueError) as exc:
+            log.warning("while dropping the connection: %s", exc)
+        self._detach()
 
     def run(self) -> int:
         self._signals()
