@@ -198,6 +198,24 @@ static inline uint16_t bswap16(uint16_t v)
 	return (uint16_t)((v << 8) | (v >> 8));
 }
 
+/* Sum (memory order) of a short, even-length header: inline 32-bit loads,
+ * cheaper than vn_csum_partial()'s set-up for the 8..60 bytes of headers. */
+static inline uint32_t hdr_sum(const uint8_t *p, size_t n, uint32_t init)
+{
+	uint64_t acc = init;
+	uint32_t w;
+	size_t i;
+
+	for (i = 0; i + 4 <= n; i += 4) {
+		memcpy(&w, p + i, 4);
+		acc += w;
+	}
+	if (i < n)
+		acc += load16(p + i);
+	acc = (acc & 0xffffffffu) + (acc >> 32);
+	return (uint32_t)((acc & 0xffffffffu) + (acc >> 32));
+}
+
 /* ------------------------------------------------------------------ */
 /* Parsing                                                            */
 /* ------------------------------------------------------------------ */
@@ -270,7 +288,7 @@ static enum verdict parse_ipv4(struct vn_rsc *r, struct seg *s, uint64_t **why)
 		return *why = &r->st.bypass_ip_options, V_BYPASS;
 	if (!r->cfg.ipv4)
 		return *why = &r->st.bypass_disabled, V_BYPASS;
-	if (vn_csum_fold(vn_csum_partial(ip, VN_IPV4_HLEN, 0)) != 0xffff)
+	if (vn_csum_fold(hdr_sum(ip, VN_IPV4_HLEN, 0)) != 0xffff)
 		return *why = &r->st.bypass_bad_csum, V_BYPASS;
 	s->version = 4;
 	s->ip_len = (uint16_t)tot;
@@ -375,9 +393,9 @@ static uint32_t pseudo_sum(const uint8_t *ip, uint8_t version, uint32_t tcp_len)
 	uint32_t s;
 
 	if (version == 4)
-		s = vn_csum_partial(ip + 12, 8, 0);
+		s = hdr_sum(ip + 12, 8, 0);
 	else
-		s = vn_csum_partial(ip + 8, 32, 0);
+		s = hdr_sum(ip + 8, 32, 0);
 	s = vn_csum_add(s, htons(VN_IPPROTO_TCP));
 	return vn_csum_add(s, htons((uint16_t)tcp_len));
 }
@@ -387,7 +405,7 @@ static uint32_t seg_head_sum(const struct seg *s)
 {
 	uint32_t sum = pseudo_sum(s->f + s->l3, s->version, (uint32_t)(s->ip_end - s->l4));
 
-	return vn_csum_partial(s->f + s->l4, s->thlen, sum);
+	return hdr_sum(s->f + s->l4, s->thlen, sum);
 }
 
 static int seg_csum_ok(const struct seg *s, uint32_t payload_sum)
@@ -517,7 +535,7 @@ static void fix_ip_len(struct rsc_flow *fl)
 	if (fl->version == 4) {
 		vn_put16(ip + 2, fl->ip_len);
 		store16(ip + 10, 0);
-		store16(ip + 10, (uint16_t)~vn_csum_fold(vn_csum_partial(ip, VN_IPV4_HLEN, 0)));
+		store16(ip + 10, (uint16_t)~vn_csum_fold(hdr_sum(ip, VN_IPV4_HLEN, 0)));
 	} else {
 		vn_put16(ip + 4, (uint16_t)(fl->ip_len - VN_IPV6_HLEN));
 	}
@@ -547,7 +565,7 @@ static void finish_rsc(struct vn_rsc *r, struct rsc_flow *fl, struct vn_net_hdr 
 	fix_ip_len(fl);
 	store16(t + TCP_CHECK_OFF, 0);
 	sum = pseudo_sum(ip, fl->version, fl->len - fl->l4);
-	sum = vn_csum_partial(t, (size_t)(fl->pay - fl->l4), sum);
+	sum = hdr_sum(t, (size_t)(fl->pay - fl->l4), sum);
 	sum = vn_csum_add(sum, fl->psum);
 	store16(t + TCP_CHECK_OFF, (uint16_t)~vn_csum_fold(sum));
 	h->flags = (uint8_t)(VN_HDR_F_RSC_INFO | (r->cfg.data_valid ? VN_HDR_F_DATA_VALID : 0));

@@ -30,11 +30,12 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import pktlib as P
 import pytest
-from netns import SYSCTLS_BRIDGE_NF, SYSCTLS_IPV6_OFF, NetNS, TapPair
+from netns import SYSCTLS_BRIDGE_NF, SYSCTLS_IPV6_OFF, NetNS, TapPair, root_skip_reason
 from pyroute2 import IPRoute
 from test_rsc_gro_streams import CASES, MSS, Case, groups, parse_tcp
 
@@ -158,11 +159,19 @@ def _build(ns: NetNS) -> GroRig:
     return rig
 
 
-@pytest.fixture(scope="module")
-def gro() -> Iterator[GroRig]:
-    if shutil.which("ip") is None:
-        pytest.skip("ip(8) (iproute2) is needed to write sysfs inside the namespace")
-    ns = NetNS("rscgro")
+def gro_rig_skip_reason() -> str | None:
+    """Why the GRO rig cannot be built here, or None."""
+    reason = root_skip_reason()
+    if reason is None and shutil.which("ip") is None:
+        reason = "ip(8) (iproute2) is needed to write sysfs inside the namespace"
+    return reason
+
+
+@contextmanager
+def gro_rig(purpose: str = "rscgro") -> Iterator[GroRig]:
+    """The GRO rig in a fresh namespace; taps and namespace removed afterwards
+    (also used by bench/rsc.py for the kernel's rate)."""
+    ns = NetNS(purpose)
     rig = None
     try:
         rig = _build(ns)
@@ -173,6 +182,15 @@ def gro() -> Iterator[GroRig]:
             rig.a.close()
             rig.b.close()
         ns.close()
+
+
+@pytest.fixture(scope="module")
+def gro() -> Iterator[GroRig]:
+    reason = gro_rig_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with gro_rig() as rig:
+        yield rig
 
 
 def ours(frames: list[bytes]) -> tuple[list[tuple[VnetHdr, bytes]], list[OutKind]]:
