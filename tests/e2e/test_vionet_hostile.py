@@ -780,6 +780,47 @@ def test_vring_outside_memory(vionet: Vionet, name: str) -> None:
     assert_survives(vionet)
 
 
+# --- a second VMM while one is attached ------------------------------------------
+# Observation window for the CPU a waiting second connection costs vionet, and the
+# share of one core that counts as busy: idle vionet uses about 1 % (the RX thread
+# wakes every 20 ms without buffers); the busy loop this guards against used 60-100 %.
+# A loaded machine can only make a busy loop look smaller, never an idle one bigger.
+IDLE_WINDOW_S = 1.0
+BUSY_SHARE = 0.25
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_second_vmm_waits_and_is_served_next(vionet: Vionet) -> None:
+    """One VMM at a time: a second one waits (vionet not spinning on it), then is served."""
+    dev = open_device(vionet)
+    second = vionet.frontend()      # connects: the kernel queues it in the backlog
+    try:
+        t0, c0 = time.monotonic(), cpu_seconds(vionet.proc.pid)
+        time.sleep(IDLE_WINDOW_S)
+        t1, c1 = time.monotonic(), cpu_seconds(vionet.proc.pid)
+        assert c1 - c0 < BUSY_SHARE * (t1 - t0), (
+            f"vionet used {c1 - c0:.2f}s of CPU in {t1 - t0:.2f}s while a second VMM waited")
+        send_good(vionet, dev.tx)   # the first VMM is still served
+        dev.close()
+        ram = GuestRam()
+        rx, tx = SplitRing(ram, RX), SplitRing(ram, TX)
+        try:
+            second.start(ram, [rx, tx])
+            send_good(vionet, tx)
+        finally:
+            rx.close_fds()
+            tx.close_fds()
+            ram.close()
+    finally:
+        second.close()
+        dev.close()
+    assert_survives(vionet)
+
+
 # --- RAM shrunk under the back-end ------------------------------------------------
 def test_sealed_memfd_cannot_be_shrunk(vionet: Vionet) -> None:
     """With F_SEAL_SHRINK (QEMU's default) the VMM cannot pull RAM from under vionet."""
@@ -805,15 +846,18 @@ def test_unsealed_memfd_shrunk_after_mem_table(ns: GuestNetns, tmp_path: Path) -
         try:
             assert "not sealed" in v.log(), "vionet did not warn about the unsealed region"
             send_good(v, dev.tx)
+            before = v.stats()
+            dev.tx.post_tx(plain_hdr() + udp_frame(b"in RAM about to shrink"))  # not kicked yet
             ram.unmap_here()            # our own mapping would SIGBUS this test
             os.ftruncate(ram.fd, 0)
             dev.tx.kick()
-            # Whatever vionet does now, it must still be there to serve the next VMM.
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline and v.alive():
-                time.sleep(POLL_S)
-            assert v.alive(), (f"vionet died with signal {-v.proc.returncode} after the "
-                               "VMM shrank unsealed guest RAM")
+
+            # A vionet that survives must account for the chain (sent, dropped, or the
+            # ring broken); stats() fails with the exit status of one that died.
+            def handled(s: dict) -> bool:
+                return (s["tx"]["chains"] > before["tx"]["chains"]
+                        or s["ring_resets"] > before["ring_resets"])
+            v.wait_stats(handled, "vionet handling a chain in shrunk RAM")
         finally:
             dev.close()
         assert_survives(v)

@@ -127,6 +127,7 @@ class Control:
         self.dev = dev
         self.sel = selectors.DefaultSelector()
         self.listener: vsock.Listener | None = None
+        self.listening = False          # the listener is in the selector
         self.conn: vsock.Connection | None = None
         self.running = True
         self.sig_r, self.sig_w = socket.socketpair()
@@ -156,7 +157,23 @@ class Control:
             elif b in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 self.running = False
 
+    def _watch_listener(self, on: bool) -> None:
+        """Watch the listening socket only while no VMM is attached.
+
+        One VMM at a time: a second one waits in the backlog.  Watching the
+        listener meanwhile would wake the loop at once, again and again, for a
+        connection it must not accept (a busy loop any local peer could cause).
+        """
+        if self.listener is None or on == self.listening:
+            return
+        if on:
+            self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+        else:
+            self.sel.unregister(self.listener)
+        self.listening = on
+
     def _attach(self, conn: vsock.Connection) -> None:
+        self._watch_listener(False)
         self.conn = conn
         conn.sock.setblocking(False)
         self.sel.register(conn, selectors.EVENT_READ, "conn")
@@ -170,6 +187,7 @@ class Control:
         self.conn.close()
         self.conn = None
         self.dev.disconnected()
+        self._watch_listener(True)
         log.info("VMM disconnected; waiting for it to come back")
         if self.args.connect and self.running:
             self._connect()
@@ -215,7 +233,7 @@ class Control:
             self._connect()
         else:
             self.listener = vsock.listen(self.args.socket)
-            self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+            self._watch_listener(True)
             log.info("listening on %s", self.args.socket)
         while self.running:
             for key, _ in self.sel.select(REAP_INTERVAL_S):
