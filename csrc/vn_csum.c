@@ -44,63 +44,55 @@ static inline uint64_t fold64_to32(uint64_t acc)
 	return acc;
 }
 
-static uint64_t sum_tail(const uint8_t *p, size_t len, uint64_t acc)
-{
-	uint32_t w32;
-	uint16_t w16;
-
-	while (len >= 4) {
-		memcpy(&w32, p, 4);
-		acc += w32;
-		p += 4;
-		len -= 4;
-	}
-	if (len >= 2) {
-		memcpy(&w16, p, 2);
-		acc += w16;
-		p += 2;
-		len -= 2;
-	}
-	if (len) {
-		/* The odd byte is the first byte of a zero-padded word. */
-		uint8_t pad[2] = { p[0], 0 };
-
-		memcpy(&w16, pad, 2);
-		acc += w16;
-	}
-	return acc;
-}
-
-/* sum_tail() that also copies: short tails without a call to memcpy(). */
-static uint64_t copy_sum_tail(uint8_t *d, const uint8_t *s, size_t len, uint64_t acc)
+/* Sum (and, when @copy, copy to @d) the bytes left after the vector loops in
+ * 32-bit words.  Inlined into the two wrappers below so that neither tests
+ * @copy; the copying one spares short tails a call to memcpy(). */
+static inline __attribute__((always_inline))
+uint64_t tail_words(uint8_t *d, const uint8_t *s, size_t len, uint64_t acc, const int copy)
 {
 	uint32_t w32;
 	uint16_t w16;
 
 	while (len >= 4) {
 		memcpy(&w32, s, 4);
-		memcpy(d, &w32, 4);
+		if (copy) {
+			memcpy(d, &w32, 4);
+			d += 4;
+		}
 		acc += w32;
 		s += 4;
-		d += 4;
 		len -= 4;
 	}
 	if (len >= 2) {
 		memcpy(&w16, s, 2);
-		memcpy(d, &w16, 2);
+		if (copy) {
+			memcpy(d, &w16, 2);
+			d += 2;
+		}
 		acc += w16;
 		s += 2;
-		d += 2;
 		len -= 2;
 	}
 	if (len) {
+		/* The odd byte is the first byte of a zero-padded word. */
 		uint8_t pad[2] = { s[0], 0 };
 
-		d[0] = s[0];
+		if (copy)
+			d[0] = s[0];
 		memcpy(&w16, pad, 2);
 		acc += w16;
 	}
 	return acc;
+}
+
+static uint64_t sum_tail(const uint8_t *p, size_t len, uint64_t acc)
+{
+	return tail_words(NULL, p, len, acc, 0);
+}
+
+static uint64_t copy_sum_tail(uint8_t *d, const uint8_t *s, size_t len, uint64_t acc)
+{
+	return tail_words(d, s, len, acc, 1);
 }
 
 #if defined(VN_CSUM_HAVE_AVX2)
