@@ -17,7 +17,10 @@
  * net/ipv4/tcp_offload.c tcp_gro_receive, include/net/gro.h inet_gro_flush)
  * and QEMU (hw/net/virtio-net.c virtio_net_rsc_*), written for this project:
  *   - same flow: IP version, addresses and ports (the hash key), and the same
- *     L2 header (MACs, VLAN tags), as GRO compares the MAC header;
+ *     L2 header (MACs, VLAN tags), as GRO compares the MAC header (a segment
+ *     whose L2 header differs delivers its flow's unit and starts a new one,
+ *     where GRO would hold both).  Tagged flows coalesce, as GRO does when
+ *     built with CONFIG_VLAN_8021Q (the oracle's kernel is not);
  *   - in order: sequence == the unit's next sequence;
  *   - same TOS/traffic class, TTL/hop limit, DF, IPv6 flow label, TCP data
  *     offset, flags other than PSH, urgent pointer and option bytes.  TCP
@@ -54,7 +57,9 @@
  * Ethernet padding after the IP packet delivers the unit, then the segment
  * (GRO flushes such a packet: its length disagrees with the IP header).
  *
- * Output.  A unit of one segment leaves as received (DATA_VALID if asked).
+ * Output.  A unit of one segment leaves as received (DATA_VALID if asked; a
+ * segment delivered alone is DATA_VALID too, since it was verified, where
+ * GRO leaves a padded one unmarked: it skips validating what it flushes).
  * gso mode: a unit of more leaves the way Linux GRO hands it to a tap reader:
  * NEEDS_CSUM, csum_start at the TCP header, csum_offset 16, gso_type
  * TCPV4/TCPV6, gso_size = the first segment's payload, IP lengths and the
@@ -198,8 +203,9 @@ static inline uint16_t bswap16(uint16_t v)
 	return (uint16_t)((v << 8) | (v >> 8));
 }
 
-/* Sum (memory order) of a short, even-length header: inline 32-bit loads,
- * cheaper than vn_csum_partial()'s set-up for the 8..60 bytes of headers. */
+/* Sum (memory order) of a header whose length is a multiple of 2: inline
+ * 32-bit loads, cheaper than vn_csum_partial()'s set-up for the 8..60 bytes
+ * of headers. */
 static inline uint32_t hdr_sum(const uint8_t *p, size_t n, uint32_t init)
 {
 	uint64_t acc = init;
@@ -790,7 +796,9 @@ static void install_flow(struct vn_rsc *r, const struct rsc_flow *tmp, uint64_t 
 	int16_t *bucket = &r->buckets[tmp->hash & (RSC_BUCKETS - 1)];
 
 	*fl = *tmp;
-	fl->deadline = now + r->cfg.interval_ns;
+	/* Saturate: a clock near the end of u64 must not wrap the deadline. */
+	fl->deadline = now > UINT64_MAX - r->cfg.interval_ns ? UINT64_MAX
+							       : now + r->cfg.interval_ns;
 	fl->last_used = ++r->tick;
 	fl->next = *bucket;
 	*bucket = idx;

@@ -475,3 +475,10 @@ def test_counts_add_up_on_a_mixed_stream() -> None:
     assert st == {"received": 57, "coalesced": 48, "units": 2, "units_coalesced": 2,
                   "delivered": 9, "over_size": 1, "dup_acks": 1, "final_psh": 5,
                   "bypass_not_ip": 1}
+
+
+def test_deadline_saturates_at_the_end_of_the_clock() -> None:
+    end = (1 << 64) - 1
+    co = Coalescer(interval_ns=300 * US)
+    co.push(TcpFlow().data(1)[0], end - 100)
+    assert co.deadline() == end and co.poll(end - 1) == [] and len(co.poll(end)) == 1
