@@ -1,0 +1,191 @@
+"""The parent's side of one vionet child: spawn it, answer its tap requests, ask for counters.
+
+A vionet is exec'd (python -m vmdnet.vionet.main) as root with exactly three
+extra fds: the tap, the accepted vhost-user connection and its end of a
+SOCK_SEQPACKET privsep channel. It enters its sandbox before it reads a
+byte from the guest; from then on the only privileged thing it can get done
+is what it asks for here, and here every request is checked against what
+the interface's configuration allows.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmdnet.privsep.channel import Channel, socketpair
+from vmdnet.privsep.codec import (
+    PARENT_ID,
+    VNET_HDR_SIZES,
+    LogVerbose,
+    Message,
+    Peer,
+    PrivsepError,
+    Result,
+    Stats,
+    StatsRequest,
+    TapSetOffload,
+    TapSetVnetHdrSz,
+)
+from vmdnet.privsep.sandbox import Ids
+from vmdnet.tun import caps as tcaps
+from vmdnet.tun import linux as tun
+
+log = logging.getLogger(__name__)
+
+# Every GUEST_* bit set: the most a guest could negotiate, for the offload ceiling.
+ALL_FEATURE_BITS = 2**64 - 1
+# A vionet answers STATS_REQUEST from its privsep thread at once; a second
+# covers a loaded machine without stalling the control socket for long.
+STATS_TIMEOUT_S = 2.0
+# SIGTERM first; a vionet that ignores it for this long is killed.
+STOP_GRACE_S = 5.0
+
+
+def offload_ceiling(offloads: frozenset[str]) -> int:
+    """The TUN_F_* flags a tap with these configured offloads may ever be given."""
+    return tcaps.tun_offload_flags(ALL_FEATURE_BITS, tcaps.TapCaps(vnet_hdr=True,
+                                                                   offloads=offloads))
+
+
+@dataclass(frozen=True)
+class VionetSpec:
+    """Everything a vionet child is started with."""
+
+    iface_id: int
+    tap_fd: int
+    offloads: frozenset[str]
+    mac: bytes
+    sandbox: Ids
+    chroot: str
+    log_path: str
+    verbose: bool = False
+
+
+@dataclass
+class VionetProc:
+    """One running vionet and our end of its privsep channel."""
+
+    spec: VionetSpec
+    proc: subprocess.Popen[bytes]
+    channel: Channel
+    started: float = field(default_factory=time.monotonic)
+    refused: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    # --- requests from the child -------------------------------------------------------
+    def handle(self, msgs: list[Message]) -> list[Stats]:
+        """Answer tap requests; return the STATS frames for whoever asked."""
+        stats = []
+        for m in msgs:
+            if isinstance(m.body, Stats):
+                stats.append(m.body)
+                continue
+            err = self._tap_request(m)
+            self.channel.send(Result(err), seq=m.seq)
+        return stats
+
+    def _tap_request(self, m: Message) -> int:
+        body = m.body
+        try:
+            if isinstance(body, TapSetOffload):
+                ceiling = offload_ceiling(self.spec.offloads)
+                if body.flags & ~ceiling:
+                    self.refused += 1
+                    log.warning("vionet %d: TUNSETOFFLOAD %#x outside the configured %#x",
+                                self.pid, body.flags, ceiling)
+                    return errno.EPERM
+                tun.set_offload(self.spec.tap_fd, body.flags)
+            elif isinstance(body, TapSetVnetHdrSz) and body.size in VNET_HDR_SIZES:
+                tun.set_vnet_hdr_sz(self.spec.tap_fd, body.size)
+            else:
+                return errno.EINVAL
+        except OSError as exc:
+            return exc.errno or errno.EIO
+        return 0
+
+    # --- our requests ----------------------------------------------------------------
+    def query_stats(self, timeout: float = STATS_TIMEOUT_S) -> dict[str, Any] | None:
+        """The child's counters, or None if it does not answer in time.
+
+        Tap requests arriving meanwhile are answered as usual.
+        """
+        try:
+            seq = self.channel.send(StatsRequest())
+        except OSError:
+            return None
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.channel], [], [], left)
+            if not ready:
+                break
+            try:
+                msgs = self.channel.recv()
+            except (PrivsepError, OSError) as exc:
+                log.warning("vionet %d: %s", self.pid, exc)
+                return None
+            if msgs is None:
+                return None
+            answered = [m for m in msgs if isinstance(m.body, Stats) and m.seq == seq]
+            self.handle([m for m in msgs if not isinstance(m.body, Stats)])
+            if answered:
+                body = answered[0].body
+                assert isinstance(body, Stats)
+                return body.counters
+        return None
+
+    def set_verbose(self, verbose: bool) -> None:
+        try:
+            self.channel.send(LogVerbose(verbose))
+        except OSError as exc:
+            log.debug("vionet %d: %s", self.pid, exc)
+
+    def stop(self) -> None:
+        """SIGTERM, SIGKILL after STOP_GRACE_S; reap; close our channel end."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.channel.close()
+
+
+def spawn(spec: VionetSpec, conn: socket.socket) -> VionetProc:
+    """Fork and exec a vionet serving CONN (an accepted vhost-user connection).
+
+    The caller closes its copy of CONN afterwards, so that the VMM sees the
+    connection drop when the child dies.
+    """
+    ours, theirs = socketpair()
+    argv = [sys.executable, "-m", "vmdnet.vionet.main",
+            "--tap-fd", str(spec.tap_fd), "--fd", str(conn.fileno()),
+            "--privsep-fd", str(theirs.fileno()), "--privsep-id", str(spec.iface_id),
+            "--sandbox", f"{spec.sandbox.uid}:{spec.sandbox.gid}:{spec.chroot}",
+            "--offloads", ",".join(sorted(spec.offloads)) or "none",
+            "--mac", ":".join(f"{b:02x}" for b in spec.mac)]
+    if spec.verbose:
+        argv.append("-v")
+    try:
+        with open(spec.log_path, "ab") as logf:
+            proc = subprocess.Popen(argv, pass_fds=(spec.tap_fd, conn.fileno(), theirs.fileno()),
+                                    stdin=subprocess.DEVNULL, stdout=logf,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    log.info("vionet %d started for interface %d", proc.pid, spec.iface_id)
+    return VionetProc(spec, proc, Channel(ours, Peer.PARENT, Peer.VIONET, PARENT_ID))
