@@ -371,8 +371,10 @@ def _self_check() -> int:
                 vu.link_up()
                 up = time.monotonic() - t0
                 vu.start()
-                res = vu.finish(vu.wait_tx(len(frames)))
-            time.sleep(0.5)
+                queued = vu.wait_tx(len(frames))
+                arrived = vu.wait_until(lambda: tap_counters(port.netns, port.tap)[
+                    "rx_packets"] >= len(frames), dpdklib.TRAFFIC_TIMEOUT)
+                res = vu.finish(queued and arrived)
             tap = tap_counters(port.netns, port.tap)
             features = [sorted(dpdklib.feature_names(f)) for f in port.ovs.negotiated_features()]
     want = sum(len(f) for f in frames)

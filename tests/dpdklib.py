@@ -4,41 +4,96 @@ DPDK's ``net_virtio_user`` is a vhost-user *frontend* (a guest virtio-net driver
 living in a process) and ``net_vhost`` a vhost-user *backend*.  Tests point the
 frontend at vmdnet-vionet; benchmarks compare vionet with ``net_vhost``.
 
-`TestPmd` runs one ``dpdk-testpmd`` in interactive mode, fed through stdin and
-read through a pipe (``stdbuf -oL`` makes its printf output line-buffered; the
-``testpmd> `` prompt is written unbuffered, so a prompt after a command means
-that command's output is complete).  Every wait is bounded, all output goes to
-a log file, and `TestPmd.close` ends the process by PID and removes its EAL
-runtime directory.
+API: `TestPmd` (one interactive testpmd: `cmd`, `start`/`stop`, `set_fwd`,
+`port_stats`, `fwd_stats`, `link_up`, `set_tx_offloads`, `set_rx_offloads`,
+`verbose_packets`, `negotiated_features`, `close`); `VirtioUser` (guest driver
++ a pcap port to send from and capture into) with the wrappers
+`virtio_user_tx` / `virtio_user_rx`; `vhost_backend` (net_vhost, optionally
+fed from or captured into pcap); `VhostUserRecorder` (records what a frontend
+asks for); pcap files (`write_pcap`, `read_pcap`, `repeat_pcap`) and test
+frames (`tcp_frame`, `tcp_superframe`, `udp_frame`; 198.18.0.0/15, fd00::/8).
 
-Facts measured with DPDK 22.11 (Debian 12 packages) on this machine; the e2e
-test tests/e2e/test_dpdk_harness.py checks each one that is marked [tested]:
+`TestPmd` feeds testpmd's stdin and reads its output through a pipe
+(``stdbuf -oL -eL`` line-buffers its output, so every line arrives whole).  The
+prompt cannot mark the end of a command's output: cmdline writes it one byte
+per write(2) and other threads' log lines land inside it.  Each command is
+followed by ``load <a path that cannot exist>``, whose one-line answer does.
+Every wait is bounded, all output goes to a log file (DEFAULT_LOG_DIR unless
+given), and `TestPmd.close` quits, then SIGTERMs, then SIGKILLs by PID, reaps,
+and removes the EAL runtime directory.
 
-EAL and testpmd
-  * No hugepages: ``-l 0,1 --main-lcore N --no-huge -m 1024 --no-pci
-    --file-prefix=P``.  Memory is one memfd, so a vhost-user peer can map it.
-    EAL leaves /var/run/dpdk/P behind even after a clean ``quit``.
-  * The default mbuf count is sized for 32 ports (~157k mbufs): always pass
-    ``--total-num-mbufs``, which `TestPmd` does.
-  * Two testpmd processes on 2 cores: give them opposite main lcores so the
-    busy-polling forwarding lcores do not share a core.
-  * Port ids follow the order of the ``--vdev`` arguments [tested via
-    `TestPmd.port_ids`, which maps names to ids from ``show port info all``].
-  * ``txonly`` generates UDP/IPv4 only (``--tx-ip``/``--tx-udp``,
-    ``--txpkts`` for the frame length; 64 B and 1514 B work) [tested].
-  * ``csum set`` and ``tso set`` need the port stopped (``port stop N``) and a
-    ``port start N`` afterwards to reconfigure the device.
+Facts measured with DPDK 22.11 (Debian 12) here; [t] = checked by
+tests/e2e/test_dpdk_harness.py.
 
-virtio_user (frontend) — see `VIRTIO_USER_FEATURES_*` below for the exact bits
-  * Client mode (default) connects at probe time: the socket must exist.
-    ``server=1`` listens and waits; the link comes up when a backend connects.
-  * Never negotiates EVENT_IDX, UFO (HOST_/GUEST_UFO) or USO.
-  * Negotiates CSUM/HOST_TSO4/6 only once its TX offloads are enabled; doing so
-    (port stop, csum/tso set, port start) resets the device and sends
-    SET_FEATURES again on the same connected socket [tested].
+testpmd / EAL
+  * No hugepages: ``-l 0,1 --main-lcore N --no-huge -m M --no-pci
+    --file-prefix=P``: memory is one memfd that net_vhost and OVS-DPDK map
+    (``--single-file-segments`` is not needed).  Start-up grows with -m: a
+    virtio_user connecting to net_vhost took 5.2 s with -m 1024 and 1.2 s with
+    -m 256, hence DEFAULT_MEM_MB.  /var/run/dpdk/P stays after ``quit`` [t].
+  * Without ``--disable-link-check`` every port start waits up to 9 s for a
+    link a vhost port only gets from its peer.  The default mbuf pool is sized
+    for 32 ports (~157k mbufs): pass ``--total-num-mbufs``.
+  * testpmd reaches its prompt even when ports failed ("No probed ethernet
+    devices", "Start ports failed"): `TestPmd` checks and raises [t].
+  * ``--enable-rx-cksum`` asks for IPV4_CKSUM, which virtio lacks: the port
+    fails to configure.  ``--rx-offloads``/``--tx-offloads`` apply to every
+    port (a pcap port then fails): use ``port config N rx_offload X on`` and
+    ``csum set``/``tso set`` per port, each between ``port stop N`` and
+    ``port start N`` [t].  ``tso set`` on a port without TCP_TSO capability
+    answers "Error: TSO is not supported by port N" [t].
+  * ``start`` drains RX queues first, eating a pcap port's frames:
+    ``--no-flush-rx`` [t].  ``set fwd MODE retry`` + ``set burst tx delay D
+    retry N`` makes an engine wait for ring space instead of dropping.
+  * ``txonly`` sends UDP/IPv4 only (``--txpkts`` sets the length; default
+    addresses 198.18.0.1 -> 198.18.0.2) [t].  The ``csum`` engine rewrites both
+    MACs (src = port MAC, dst = ``--eth-peer``): VirtioUser sets them to
+    pktlib's MAC_A/MAC_B so frames stay as written.
+  * net_pcap: ``infinite_rx=1`` refuses multi-segment mbufs, so frames must
+    fit one mbuf (``--mbuf-size`` up to 65535); without it, large frames are
+    read into mbuf chains and TSO works on chains [t].  Its capture side
+    writes nanosecond pcap and cuts multi-segment packets to 16128 B: capture
+    64 KiB frames with 64 KiB mbufs [t].
+  * ``show port xstats`` of a net_vhost port fails while no frontend is
+    connected.  Command echoes end in CRLF.
+
+virtio_user (frontend)
+  * Feature requests, offered every bit but PROTOCOL_FEATURES [t]: always
+    VERSION_1, MRG_RXBUF, RING_INDIRECT_DESC, IN_ORDER (+ RING_PACKED with
+    packed_vq=1, + PROTOCOL_FEATURES when offered); + GUEST_CSUM with RX
+    checksum offload, + GUEST_TSO4/6 with tcp_lro; + CSUM with TX checksum
+    offload, + HOST_TSO4/6 with TSO.  Never RING_EVENT_IDX, UFO, USO, ECN, MAC,
+    MTU, CTRL_VQ (cq=1 would), MQ (queues=1).
+  * The first negotiation (at probe) is always offload-free.  Each offload
+    change (port stop/start) renegotiates on the same connection [t]:
+    SET_VRING_ENABLE 0 (x2), GET_VRING_BASE (x2), SET_VRING_CALL (x2),
+    SET_FEATURES, SET_STATUS 0xb (no status 0 first), SET_MEM_TABLE, ring
+    setup, SET_VRING_ENABLE 1, SET_STATUS 0xf.  It sends SET_VRING_ENABLE even
+    when PROTOCOL_FEATURES was not negotiated [t].
+  * testpmd's offload capabilities of the port mirror the backend's offer
+    (TCP_TSO only if it offers HOST_TSO4/6; TCP_LRO if GUEST_TSO4/6) [t].
+  * Ring bytes with offloads on (seen raw by net_vhost) [t]: the frame as
+    given except the L4 check field, which holds the pseudo-header sum over
+    the full L4 length (Linux's NEEDS_CSUM form), for checksum offload and TSO.
+    A TSO frame goes out as one GSO packet.
+  * Client mode (default) connects at probe: no socket, no port [t].
+    ``server=1`` blocks EAL's probe until a backend connects [t], refuses to
+    bind over an existing path, and leaves its socket file behind (VirtioUser
+    removes stale sockets).  Link status = the socket is connected.
 
 net_vhost (backend)
-  * Offers HOST_TSO4/6 only with the ``tso=1`` devarg.  [tested]
+  * Offers HOST_TSO4/6 only with ``tso=1`` [t]; never has TX TCP_TSO itself.
+  * Default (compliant offload flags): rte_vhost completes a NEEDS_CSUM
+    checksum in software before testpmd sees the packet (RX_L4_CKSUM_GOOD) and
+    reports GSO as RX_LRO [t].  ``legacy-ol-flags=1`` (vhost_vdev raw=True)
+    leaves the bytes as the guest wrote them and keeps GSO as a TX request, so
+    io-forwarding to a second net_vhost port hands a guest GSO packets [t].
+  * Logs every negotiated feature set ("negotiated Virtio features: 0x...").
+
+Timings (2 shared cores, loaded): testpmd alone starts in ~1.2 s; one
+`virtio_user_tx` call against a running backend ~2.5 s, nearly all start-up and
+teardown; the e2e module ~60 s.  virtio_user -> net_vhost rxonly: 5.1 Mpps at
+64 B, 1.3 Mpps (15.7 Gbit/s) at 1514 B, 5-14 Gbit/s of 64 KiB TSO frames.
 """
 
 from __future__ import annotations
@@ -67,7 +122,8 @@ log = logging.getLogger(__name__)
 
 TESTPMD = shutil.which("dpdk-testpmd")
 STDBUF = shutil.which("stdbuf")
-PROMPT = b"testpmd> "
+# What testpmd's ``load FILE`` prints (to stderr) when FILE cannot be opened.
+_MARKER_REPLY = "Failed to create file based cmdline context: "
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 # The RX offloads virtio_user has, by testpmd name (``port config N rx_offload X on``).
 # Not ipv4_cksum: virtio lacks it, and --enable-rx-cksum asks for it, which makes
@@ -96,7 +152,7 @@ BIG_MEM_MB = 512
 BIG_MBUF_THRESHOLD = 16384
 # Enough for two ports' rings (1024 + 1024 descriptors each) plus caches.
 DEFAULT_MBUFS = 8192
-# 64 KiB mbufs are expensive: 2048 of them already take 128 MiB of the -m 1024.
+# 64 KiB mbufs are expensive: 2048 of them take 128 MiB of BIG_MEM_MB.
 BIG_MBUFS = 2048
 # Logs outlive the run (for debugging a failure); a few KiB each unless verbose.
 DEFAULT_LOG_DIR = Path(tempfile.gettempdir()) / "vmdnet-dpdk"
@@ -346,25 +402,33 @@ class TestPmd:
         if reason:
             raise DpdkError(reason)
         self.prefix = unique_prefix(tag)
+        argv = self._argv(vdevs, main_lcore, lcores, mem_mb, mbuf_size, total_mbufs,
+                          app_args, eal_args)
         log_dir = Path(log_dir) if log_dir else DEFAULT_LOG_DIR
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{self.prefix}.log"
-        self._logf = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
         self._buf = bytearray()
         self._base = 0  # absolute offset of _buf[0] (the buffer is trimmed)
         self._cond = threading.Condition()
         self._eof = False
         self._closed = False
-        argv = self._argv(vdevs, main_lcore, lcores, mem_mb, mbuf_size, total_mbufs,
-                          app_args, eal_args)
+        self._logf = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
         self._logf.write(("# " + " ".join(argv) + "\n").encode())
         log.info("starting %s (log %s)", " ".join(argv), self.log_path)
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError:
+            self._logf.close()
+            raise
         self._reader = threading.Thread(target=self._read_loop, daemon=True,
                                         name=f"testpmd-{self.proc.pid}")
         self._reader.start()
         self._started = False
+        self._markdir = tempfile.mkdtemp(prefix="vn-pmd-mark-")
+        self._marks = 0
+        # Queued now, answered once the command line runs: start-up is complete.
+        self.startup_marker = self._write_marker()
         if wait:
             self.wait_started(startup_timeout)
 
@@ -377,7 +441,7 @@ class TestPmd:
         if self._started:
             return
         try:
-            self.expect(PROMPT, timeout=timeout, start=0)
+            self.expect(self.startup_marker, timeout=timeout, start=0)
             self._check_startup()
         except DpdkError:
             self.close()
@@ -441,14 +505,16 @@ class TestPmd:
         with self._cond:
             return self._base + len(self._buf)
 
-    def output(self, start: int = 0) -> bytes:
-        """Output from absolute offset `start` (as far back as still buffered)."""
+    def output(self, start: int = 0, end: int | None = None) -> bytes:
+        """Output between absolute offsets (as far back as still buffered)."""
         with self._cond:
-            return bytes(self._buf[max(0, start - self._base):])
+            stop = None if end is None else max(0, end - self._base)
+            return bytes(self._buf[max(0, start - self._base):stop])
 
     def expect(self, pattern: bytes | re.Pattern[bytes], *, timeout: float = CMD_TIMEOUT,
-               start: int | None = None) -> re.Match[bytes]:
-        """Wait until `pattern` appears in the output after absolute offset `start`."""
+               start: int | None = None) -> tuple[int, bytes]:
+        """Wait until `pattern` appears in the output after absolute offset `start`;
+        returns the absolute offset where it starts and the matched bytes."""
         rx = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
         begin = self.position if start is None else start
         deadline = time.monotonic() + timeout
@@ -456,7 +522,7 @@ class TestPmd:
             while True:
                 m = rx.search(self._buf, max(0, begin - self._base))
                 if m:
-                    return m
+                    return self._base + m.start(), m.group(0)
                 left = deadline - time.monotonic()
                 if self._eof or left <= 0:
                     tail = bytes(self._buf[-2000:]).decode(errors="replace")
@@ -473,6 +539,9 @@ class TestPmd:
             raise ValueError("one command per line")
         if not self._started and line != "quit":
             raise DpdkError("testpmd not at its prompt yet: call wait_started() first")
+        return self._write(line)
+
+    def _write(self, line: str) -> int:
         pos = self.position
         assert self.proc.stdin is not None
         try:
@@ -482,16 +551,31 @@ class TestPmd:
             raise DpdkError(f"testpmd gone: {e}; log {self.log_path}") from e
         return pos
 
+    def _write_marker(self) -> bytes:
+        """Queue a command whose answer is one unique line; returns that line.
+
+        testpmd's prompt cannot end a command's output reliably: cmdline writes
+        it one byte per write(2), so other threads' log lines land inside it
+        ("testpmdVHOST_CONFIG: ...\n> ").  ``load`` of a file that cannot exist
+        (in our private, empty directory) answers with one line naming it,
+        written at once, after everything the previous command printed.
+        """
+        self._marks += 1
+        path = f"{self._markdir}/absent-{self._marks}"
+        self._write(f"load {path}")
+        return f"{_MARKER_REPLY}{path}\n".encode()
+
     def cmd(self, line: str, expect: bytes | str | None = None,
             timeout: float = CMD_TIMEOUT) -> str:
-        """Run one command and return its output (up to the next prompt).
+        """Run one command and return what it printed (with its echo; other
+        threads' log lines may be mixed in).
 
         With `expect` (a regex), also wait until it matches in the output that
-        follows the command, which may be after the prompt (link events).
+        follows the command, which may come later (link events).
         """
         pos = self.send(line)
-        m = self.expect(PROMPT, timeout=timeout, start=pos)
-        text = self.output(pos)[: m.start() - pos + len(PROMPT)]
+        end, _ = self.expect(self._write_marker(), timeout=timeout, start=pos)
+        text = self.output(pos, end)
         if expect is not None:
             rx = expect.encode() if isinstance(expect, str) else expect
             self.expect(re.compile(rx), timeout=timeout, start=pos)
@@ -655,6 +739,7 @@ class TestPmd:
         self._logf.close()
         if self.proc.returncode is not None:  # never pull files from under a live EAL
             shutil.rmtree(DPDK_RUNTIME_DIR / self.prefix, ignore_errors=True)
+        shutil.rmtree(self._markdir, ignore_errors=True)
         return self.proc.returncode
 
     def _wait_or_signal(self, quit_timeout: float, term_timeout: float) -> None:
@@ -684,8 +769,7 @@ class TestPmd:
 GUEST_MAC = ":".join(f"{b:02x}" for b in pktlib.MAC_A)
 PEER_MAC = ":".join(f"{b:02x}" for b in pktlib.MAC_B)
 # virtio_user with server=1 prints this, then blocks EAL's probe until a backend connects.
-# (If the prompt comes first, the probe failed.)
-_VU_LISTENING_RE = re.compile(rb"waiting for client connection|" + re.escape(PROMPT))
+_VU_LISTENING = rb"waiting for client connection"
 # Ports inside a VirtioUser testpmd: the vdev order fixes them.
 VU_PORT, PCAP_PORT = 0, 1
 # How long the forwarding engine waits for a slow backend to free ring space
@@ -696,6 +780,9 @@ POLL_INTERVAL = 0.1
 # A generated send file never grows beyond this (count x frame size).
 MAX_SEND_FILE_BYTES = 512 << 20
 LINK_TIMEOUT = 30.0
+# Without a `drained` check, how long a sending guest stays after its last frame
+# is queued, so the backend can take what is still in the ring.
+TX_LINGER = 1.0
 TRAFFIC_TIMEOUT = 60.0
 
 
@@ -798,8 +885,9 @@ class VirtioUser:
             raise
         try:
             if server:  # probe blocks until the backend connects: wait for the socket
-                m = self.pmd.expect(_VU_LISTENING_RE, timeout=STARTUP_TIMEOUT, start=0)
-                if m.group(0) == PROMPT:  # it did not block: a probe error, reported here
+                listening = re.compile(_VU_LISTENING + b"|" + re.escape(self.pmd.startup_marker))
+                _, what = self.pmd.expect(listening, timeout=STARTUP_TIMEOUT, start=0)
+                if what == self.pmd.startup_marker:  # it did not block: a probe error
                     self.pmd.wait_started()
         except BaseException:
             self.pmd.close()
@@ -827,6 +915,10 @@ class VirtioUser:
         self._verbose_from = self.pmd.position
         self._t0 = time.monotonic()
         self.pmd.start()
+
+    def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Poll `done` (bounded); e.g. until the backend counted every frame."""
+        return self._wait(done, timeout)
 
     def _wait(self, done: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -889,13 +981,17 @@ def virtio_user_tx(sock_path: str | os.PathLike[str], frames_pcap: str | os.Path
                    timeout: float = TRAFFIC_TIMEOUT, *, csum: bool = False,
                    server: bool = False, packed: bool = False,
                    on_ready: Callable[[], None] | None = None, mbuf_size: int | None = None,
+                   drained: Callable[[], bool] | None = None,
                    log_dir: str | os.PathLike[str] | None = None) -> TrafficStats:
     """Transmit the frames of `frames_pcap` (cycled up to `count`) as a guest would.
 
     The backend must be listening on `sock_path` (or, with server=True, connect
     to it from `on_ready`, which runs once the socket listens).  With `tso_mss`,
     TCP frames larger than it go out as GSO (TSO) with NEEDS_CSUM; with `csum`,
-    as NEEDS_CSUM.  Returns when every frame was queued or dropped, or at timeout.
+    as NEEDS_CSUM.  Once every frame is queued (or dropped) the guest stays
+    until `drained()` says the backend has them all (bounded by `timeout`), or
+    for TX_LINGER without it: a guest that quits takes what is still in its
+    ring with it.  `complete` is False if either wait ran out.
     """
     with tempfile.TemporaryDirectory(prefix="vn-tx-") as work:
         send, n = Path(frames_pcap), len(read_pcap(frames_pcap))
@@ -909,7 +1005,12 @@ def virtio_user_tx(sock_path: str | os.PathLike[str], frames_pcap: str | os.Path
                 on_ready()
             vu.link_up()
             vu.start()
-            return vu.finish(vu.wait_tx(n, timeout))
+            deadline = time.monotonic() + timeout
+            queued = vu.wait_tx(n, timeout)
+            if drained is None:
+                time.sleep(TX_LINGER)
+                return vu.finish(queued)
+            return vu.finish(queued and vu._wait(drained, deadline - time.monotonic()))
 
 
 def virtio_user_rx(sock_path: str | os.PathLike[str], expected: int,
