@@ -1,0 +1,969 @@
+"""vionet against its C peers, side by side in one run: `python -m bench.vionet` (make bench).
+
+Three comparisons, each printed as a table and written to bench/results/vionet.json:
+
+1. **vionet vs Open vSwitch with DPDK** (OVS 3.1: a ``dpdkvhostuserclient``
+   port and a ``tap`` port with ``userspace-tso-enable=true``, joined by two
+   OpenFlow rules so OVS does no MAC learning or flooding).  The guest is
+   DPDK's virtio_user (tests/dpdklib.py); each backend's tap lives in the
+   namespace ``vn-bench-<pid>`` we create.  Frames: 64 B and 1514 B (UDP from
+   testpmd's ``txonly``) and 64 KiB TCP super-packets with TSO over IPv4 and
+   IPv6 (pcap + ``csum`` engine).  Both directions:
+     * guest TX: virtio_user -> backend -> tap, counted by the tap's kernel
+       rx counters over a fixed window;
+     * guest RX: frames injected into the tap by a paced AF_PACKET sender
+       (``sendmmsg`` through ctypes, one call per batch, in a child process;
+       GSO super-packets carry a virtio_net_hdr via PACKET_VNET_HDR) ->
+       backend -> virtio_user ``rxonly`` (with tcp_lro, so GUEST_TSO4/6 are
+       negotiated), counted by testpmd's RX counters.
+   Targets: TSO >= 1.0x OVS's Gbit/s; 64 B and 1514 B >= 0.8x OVS's pps.
+2. **Raw ring speed**: vionet ``--discard`` vs DPDK's ``net_vhost`` in
+   ``rxonly``, virtio_user ``txonly`` 64 B in front of both, counted by the
+   guest's TX counter (what the backend took off the ring).  Target >= 0.25x.
+3. **A real guest**: the test guest (QEMU 7.2/TCG, tests/guestlib.py) runs
+   iperf3 against the guest's own iperf3 binary run on the host side, through
+   vionet and through QEMU's own tap backend (``vhost=off``), both
+   directions.  Target >= 0.95x each way.
+
+Nothing is asserted: targets print pass/miss.  What cannot run here (no
+OVS-DPDK, no QEMU, a start-up failure) is reported with its reason in place
+of a number.  The machine has 2 shared cores: the load average is recorded
+before and after each part, and every rate is one window of wall time.
+Everything started here (testpmd, ovs-vswitchd/ovsdb-server, QEMU, vionet,
+iperf3, the injector) is stopped by PID; the namespace, hugepage mount and
+hugepage reservation are undone at exit.  ``--quick`` shortens every window
+(about 2 minutes in all instead of about 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import platform
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from bench import dpdk_common as dc  # puts tests/ on sys.path
+
+import dpdklib  # noqa: E402  (tests/ is not a package)
+import guestlib  # noqa: E402
+import pktlib  # noqa: E402
+
+log = logging.getLogger("bench.vionet")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "vionet.json"
+NETNS_PREFIX = "vn-bench-"
+# Tap names (IFNAMSIZ 16): vionet's for part 1, for --discard, for the guest; QEMU's tap.
+VIONET_TAP, DISCARD_TAP, GUEST_VIONET_TAP, GUEST_QEMU_TAP = "vnbv0", "vnbd0", "vnbg0", "vnbq0"
+# Part 3 addresses (198.18.0.0/15 only): one /24 per guest backend.
+GUEST_NETS = {"vionet": ("198.18.2.1", "198.18.2.2"), "QEMU tap": ("198.18.3.1", "198.18.3.2")}
+IPERF_PORT = 5201
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """How long each measurement runs: a warm-up (rings fill, renegotiation
+    settles), then one counted window of wall time."""
+
+    warmup_s: float
+    window_s: float
+    iperf_s: int
+
+
+FULL = Timing(warmup_s=1.0, window_s=3.0, iperf_s=6)
+QUICK = Timing(warmup_s=0.5, window_s=1.0, iperf_s=2)
+
+# vionet creates its tap and socket within a second; a loaded machine gets margin.
+VIONET_START_TIMEOUT = 30.0
+STATS_TIMEOUT = 10.0
+# virtio_user's link after connecting (OVS retries its connect once a second).
+LINK_TIMEOUT = 30.0
+# The injector prints "ready" once its socket is bound; python start-up on a
+# loaded machine takes a second or two.
+INJECT_READY_TIMEOUT = 30.0
+INJECT_EXIT_TIMEOUT = 10.0
+# A guest iperf3 run: its duration plus connect retries and start-up under TCG.
+IPERF_SLACK_S = 60
+IPERF_RETRIES = 5
+
+# Segment sizes a Linux guest uses on a 1500-byte MTU: IPv4 1448, IPv6 1428
+# (both with TCP timestamps).
+MSS_V4, MSS_V6 = 1448, 1428
+TSO_SEGMENTS = dpdklib.TSO_SEGMENTS
+
+# Targets (ratio vionet / peer): from the project brief.
+TARGET_TSO_GBPS = 1.0
+TARGET_SMALL_PPS = 0.8
+TARGET_RING_PPS = 0.25
+TARGET_GUEST = 0.95
+
+
+# --- the cases of part 1 ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One traffic kind of part 1, and what it is judged by."""
+
+    name: str
+    kind: str          # injector kind: "64", "1514", "tso4", "tso6"
+    frame_len: int     # bytes per frame (super-packet) on the wire, no vnet header
+    metric: str        # "pps" or "gbps": what the target compares
+    target: float
+    # The injector's pace for guest RX (frames/s): above what either backend
+    # took in trial runs here, so the backend is the bottleneck, but bounded so
+    # the sender does not spin on a core the backends need.
+    offered_pps: int
+
+    @property
+    def tso(self) -> bool:
+        return self.kind.startswith("tso")
+
+    @property
+    def v6(self) -> bool:
+        return self.kind == "tso6"
+
+    @property
+    def mss(self) -> int:
+        return MSS_V6 if self.v6 else MSS_V4
+
+
+def _tso_len(v6: bool) -> int:
+    hdrs = dpdklib.ETH_HLEN + (dpdklib.IP6_HLEN if v6 else dpdklib.IP4_HLEN) + dpdklib.TCP_HLEN
+    return hdrs + (MSS_V6 if v6 else MSS_V4) * TSO_SEGMENTS
+
+
+CASES = (
+    Case("64 B", "64", 64, "pps", TARGET_SMALL_PPS, 1_500_000),
+    Case("1514 B", "1514", 1514, "pps", TARGET_SMALL_PPS, 800_000),
+    Case("TSO IPv4 64 KiB", "tso4", _tso_len(False), "gbps", TARGET_TSO_GBPS, 40_000),
+    Case("TSO IPv6 64 KiB", "tso6", _tso_len(True), "gbps", TARGET_TSO_GBPS, 40_000),
+)
+CASE_BY_KIND = {c.kind: c for c in CASES}
+
+
+def tx_frame(case: Case) -> bytes:
+    """What the guest sends for a TSO case: one TCP super-frame (MAC_A -> MAC_B)."""
+    return dpdklib.tcp_superframe(case.mss, TSO_SEGMENTS, v6=case.v6)
+
+
+# --- results --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Result:
+    """One backend's number for one case and direction, or why there is none."""
+
+    part: int
+    case: str
+    direction: str
+    backend: str
+    pps: float | None = None
+    gbps: float | None = None
+    error: str | None = None
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def value(self, metric: str) -> float | None:
+        return self.pps if metric == "pps" else self.gbps
+
+
+def rate(packets: int, nbytes: int, seconds: float) -> tuple[float, float]:
+    """(packets/s, Gbit/s of frame bytes) over `seconds`."""
+    return packets / seconds, nbytes * 8 / seconds / 1e9
+
+
+def fmt_pps(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1e6:.2f} Mpps" if v >= 1e5 else f"{v / 1e3:.1f} kpps"
+
+
+def fmt_gbps(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception, for a table cell (the JSON keeps it whole)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text.splitlines()[0][:160]
+
+
+@dataclasses.dataclass
+class Verdict:
+    """vionet / peer for one case and direction, against its target."""
+
+    part: int
+    case: str
+    direction: str
+    metric: str
+    ratio: float | None
+    target: float
+    verdict: str  # "pass", "miss" or "n/a (why)"
+
+
+def judge(part: int, case: str, direction: str, metric: str, target: float,
+          ours: Result, peer: Result) -> Verdict:
+    a, b = ours.value(metric), peer.value(metric)
+    if a is None or b is None or b <= 0:
+        why = ours.error or peer.error or "no traffic through the peer"
+        return Verdict(part, case, direction, metric, None, target, f"n/a ({why[:60]})")
+    ratio = a / b
+    return Verdict(part, case, direction, metric, ratio, target,
+                   "pass" if ratio >= target else "miss")
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# --- processes we start ---------------------------------------------------------------------------
+
+class VionetProc:
+    """vmdnet-vionet listening on a socket, owning a tap in our namespace; stopped by PID."""
+
+    def __init__(self, ns: guestlib.GuestNetns, workdir: Path, tap: str, *extra: str) -> None:
+        self.tap = tap
+        self.sock = workdir / f"{tap}.sock"
+        self.stats_path = workdir / f"{tap}-stats.json"
+        self.log_path = workdir / f"{tap}-vionet.log"
+        for p in (self.sock, self.stats_path):
+            p.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "vmdnet.vionet.main", "--socket", str(self.sock),
+                "--tap", tap, "--stats-json", str(self.stats_path), *extra]
+        with open(self.log_path, "wb") as out:
+            self.proc = ns.popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            self._wait_socket()
+            ns.run(["ip", "link", "set", tap, "up"])
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_socket(self) -> None:
+        deadline = time.monotonic() + VIONET_START_TIMEOUT
+        while not self.sock.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vionet exited ({self.proc.returncode}): "
+                                   f"{self.log_path.read_text()[-500:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("vionet never created its socket")
+            time.sleep(0.05)
+
+    def stats(self) -> dict[str, Any]:
+        """Its counters (SIGUSR1 makes it write the JSON)."""
+        self.stats_path.unlink(missing_ok=True)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + STATS_TIMEOUT
+        while not self.stats_path.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("vionet wrote no statistics")
+            time.sleep(0.05)
+        return json.loads(self.stats_path.read_text())
+
+    def close(self) -> None:
+        guestlib.stop_process(self.proc)
+
+
+@dataclasses.dataclass
+class Backend:
+    """Where the guest connects and where the backend's tap is."""
+
+    name: str
+    sock: Path
+    server: bool  # virtio_user listens (OVS is the vhost-user client)
+    tap: str
+    vionet: VionetProc | None = None
+
+
+@contextlib.contextmanager
+def virtio_user(backend: Backend, log_dir: Path) -> Iterator[dpdklib.TestPmd]:
+    """A testpmd whose only port is virtio_user on the backend's socket, link up.
+
+    Forwarding lcore 0, command line on lcore 1.  In server mode EAL's probe
+    waits until the backend (OVS, already running) connects.
+    """
+    vdev = dpdklib.virtio_user_vdev(backend.sock, server=backend.server)
+    pmd = dpdklib.TestPmd([vdev], tag="vu", main_lcore=1, log_dir=log_dir)
+    try:
+        pmd.link_up(dpdklib.VU_PORT, LINK_TIMEOUT)
+        yield pmd
+    finally:
+        pmd.close()
+
+
+# --- guest TX: virtio_user -> backend -> tap --------------------------------------------------------
+
+def tap_counters(ns: guestlib.GuestNetns, tap: str) -> dict[str, int]:
+    return dc.tap_counters(ns.name, tap)
+
+
+def measure_tx(ns: guestlib.GuestNetns, backend: Backend, pmd: dpdklib.TestPmd,
+               timing: Timing) -> tuple[float, float, dict[str, Any]]:
+    """Forwarding runs: after the warm-up, the tap's rx counters over one window."""
+    time.sleep(timing.warmup_s)
+    t0, tap0 = time.monotonic(), tap_counters(ns, backend.tap)
+    g0 = pmd.port_stats(dpdklib.VU_PORT)
+    time.sleep(timing.window_s)
+    t1, tap1 = time.monotonic(), tap_counters(ns, backend.tap)
+    g1 = pmd.port_stats(dpdklib.VU_PORT)
+    secs = t1 - t0
+    pps, gbps = rate(tap1["rx_packets"] - tap0["rx_packets"],
+                     tap1["rx_bytes"] - tap0["rx_bytes"], secs)
+    detail = {"seconds": round(secs, 3),
+              "guest_tx_pps": round((g1.tx_packets - g0.tx_packets) / secs),
+              "tap_rx_dropped": tap1["rx_dropped"] - tap0["rx_dropped"]}
+    return pps, gbps, detail
+
+
+def guest_tx_small(ns: guestlib.GuestNetns, backend: Backend, timing: Timing,
+                   log_dir: Path, cases: list[Case]) -> list[Result]:
+    """64 B and 1514 B from testpmd's txonly engine (one testpmd for both sizes)."""
+    results = []
+    with virtio_user(backend, log_dir) as pmd:
+        pmd.set_fwd("txonly")
+        for case in cases:
+            res = Result(1, case.name, "guest TX", backend.name)
+            try:
+                out = pmd.cmd(f"set txpkts {case.frame_len}")
+                if "rror" in out or "nvalid" in out:
+                    raise dpdklib.DpdkError(f"set txpkts {case.frame_len}: {out.strip()}")
+                pmd.start()
+                try:
+                    res.pps, res.gbps, res.detail = measure_tx(ns, backend, pmd, timing)
+                finally:
+                    pmd.stop()
+            except (dpdklib.DpdkError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+                res.error = short_error(e)
+            results.append(res)
+    return results
+
+
+def guest_tx_tso(ns: guestlib.GuestNetns, backend: Backend, timing: Timing, log_dir: Path,
+                 case: Case, work: Path) -> Result:
+    """A 64 KiB TCP super-frame from a pcap, sent in a loop with TSO (csum engine)."""
+    res = Result(1, case.name, "guest TX", backend.name)
+    pcap = work / f"tx-{case.kind}.pcap"
+    dpdklib.write_pcap(pcap, [tx_frame(case)])
+    try:
+        with dpdklib.VirtioUser(backend.sock, send_pcap=pcap, repeat=True, capture=False,
+                                server=backend.server, tso_mss=case.mss,
+                                mbuf_size=dpdklib.MAX_MBUF_SIZE, log_dir=log_dir) as vu:
+            vu.link_up(LINK_TIMEOUT)
+            vu.start()
+            try:
+                res.pps, res.gbps, res.detail = measure_tx(ns, backend, vu.pmd, timing)
+            finally:
+                vu.pmd.stop()
+    except (dpdklib.DpdkError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+        res.error = short_error(e)
+    return res
+
+
+# --- guest RX: injector -> tap -> backend -> virtio_user rxonly ------------------------------------
+
+class Injector:
+    """The paced AF_PACKET sender (this module's ``inject`` mode) in our namespace."""
+
+    def __init__(self, ns: guestlib.GuestNetns, ifname: str, kind: str, pps: int,
+                 max_seconds: float) -> None:
+        argv = [sys.executable, "-m", "bench.vionet", "inject", "--ifname", ifname,
+                "--kind", kind, "--pps", str(pps), "--seconds", f"{max_seconds:.1f}"]
+        self.proc = ns.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=ROOT)
+        self._out = b""
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_some(self, timeout: float) -> bool:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return True
+        chunk = os.read(self.proc.stdout.fileno(), 4096)
+        self._out += chunk
+        return bool(chunk)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + INJECT_READY_TIMEOUT
+        while b"ready\n" not in self._out:
+            if not self._read_some(0.1) or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"injector did not start: {self.stderr()}")
+
+    def stderr(self) -> str:
+        if self.proc.stderr is None or self.proc.poll() is None:
+            return ""
+        return self.proc.stderr.read().decode(errors="replace")[-500:]
+
+    def finish(self) -> dict[str, Any]:
+        """SIGTERM it; its last stdout line is a JSON report of what it sent."""
+        self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + INJECT_EXIT_TIMEOUT
+        while self._read_some(0.1) and time.monotonic() < deadline:
+            pass
+        self.close()
+        last = self._out.decode(errors="replace").strip().splitlines()[-1]
+        return json.loads(last) if last.startswith("{") else {"error": self.stderr()}
+
+    def close(self) -> None:
+        guestlib.stop_process(self.proc)  # type: ignore[arg-type]
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def guest_rx(ns: guestlib.GuestNetns, backend: Backend, timing: Timing, log_dir: Path,
+             cases: list[Case]) -> list[Result]:
+    """Every case into one rxonly virtio_user (tcp_lro on: GUEST_TSO4/6 negotiated)."""
+    results = []
+    with virtio_user(backend, log_dir) as pmd:
+        pmd.set_rx_offloads(dpdklib.VU_PORT, dpdklib.RX_OFFLOADS_ALL)
+        pmd.link_up(dpdklib.VU_PORT, LINK_TIMEOUT)
+        pmd.set_fwd("rxonly")
+        pmd.start()
+        for case in cases:
+            results.append(guest_rx_case(ns, backend, timing, pmd, case))
+        pmd.stop()
+    return results
+
+
+def guest_rx_case(ns: guestlib.GuestNetns, backend: Backend, timing: Timing,
+                  pmd: dpdklib.TestPmd, case: Case) -> Result:
+    res = Result(1, case.name, "guest RX", backend.name)
+    span = timing.warmup_s + timing.window_s + INJECT_EXIT_TIMEOUT
+    try:
+        inj = Injector(ns, backend.tap, case.kind, case.offered_pps, span)
+        try:
+            time.sleep(timing.warmup_s)
+            t0, g0, tap0 = time.monotonic(), pmd.port_stats(dpdklib.VU_PORT), \
+                tap_counters(ns, backend.tap)
+            time.sleep(timing.window_s)
+            t1, g1, tap1 = time.monotonic(), pmd.port_stats(dpdklib.VU_PORT), \
+                tap_counters(ns, backend.tap)
+        finally:
+            sent = inj.finish()
+        secs = t1 - t0
+        res.pps, res.gbps = rate(g1.rx_packets - g0.rx_packets, g1.rx_bytes - g0.rx_bytes, secs)
+        res.detail = {"seconds": round(secs, 3),
+                      "offered_pps": case.offered_pps,
+                      "injected_pps": round(sent.get("sent", 0) / max(sent.get("seconds", 0), 1e-9)),
+                      "tap_read_pps": round((tap1["tx_packets"] - tap0["tx_packets"]) / secs),
+                      "tap_dropped_pps": round((tap1["tx_dropped"] - tap0["tx_dropped"]) / secs),
+                      "guest_rx_nombuf": g1.rx_nombuf - g0.rx_nombuf}
+    except (dpdklib.DpdkError, RuntimeError, OSError, subprocess.SubprocessError,
+            ValueError) as e:
+        res.error = short_error(e)
+    return res
+
+
+# --- part 1 per backend ---------------------------------------------------------------------------
+
+def backend_cases(ns: guestlib.GuestNetns, backend: Backend, timing: Timing, work: Path,
+                  log_dir: Path) -> list[Result]:
+    """All of part 1 against one backend; a failing group is recorded, the rest goes on."""
+    results: list[Result] = []
+    small = [c for c in CASES if not c.tso]
+
+    def attempt(group: list[Case], direction: str, fn: Callable[[], list[Result]]) -> None:
+        try:
+            results.extend(fn())
+        except (dpdklib.DpdkError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+            log.warning("%s %s: %s", backend.name, direction, e)
+            results.extend(Result(1, c.name, direction, backend.name, error=short_error(e))
+                           for c in group)
+
+    log.info("%s: guest TX 64 B / 1514 B", backend.name)
+    attempt(small, "guest TX", lambda: guest_tx_small(ns, backend, timing, log_dir, small))
+    for case in (c for c in CASES if c.tso):
+        log.info("%s: guest TX %s", backend.name, case.name)
+        results.append(guest_tx_tso(ns, backend, timing, log_dir, case, work))
+    log.info("%s: guest RX", backend.name)
+    attempt(list(CASES), "guest RX", lambda: guest_rx(ns, backend, timing, log_dir, list(CASES)))
+    if backend.vionet is not None:
+        with contextlib.suppress(RuntimeError, OSError, ValueError):
+            stats = backend.vionet.stats()
+            for r in results:
+                r.detail.setdefault("vionet_drops_total", {
+                    "tx": {k: v for k, v in stats["tx"]["drops"].items() if v},
+                    "rx": {k: v for k, v in stats["rx"]["drops"].items() if v}})
+    return results
+
+
+def unavailable(backend: str, reason: str) -> list[Result]:
+    return [Result(1, c.name, d, backend, error=reason)
+            for d in ("guest TX", "guest RX") for c in CASES]
+
+
+def part1_vionet(ns: guestlib.GuestNetns, timing: Timing, work: Path,
+                 log_dir: Path) -> list[Result]:
+    try:
+        v = VionetProc(ns, work, VIONET_TAP)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        return unavailable("vionet", f"vionet did not start: {short_error(e)}")
+    try:
+        backend = Backend("vionet", v.sock, server=False, tap=VIONET_TAP, vionet=v)
+        return backend_cases(ns, backend, timing, work, log_dir)
+    finally:
+        v.close()
+
+
+def ovs_flows(ovs: dc.OvsDpdk) -> None:
+    """Replace the NORMAL rule by two port-to-port rules: forwarding, not learning."""
+    ofctl = shutil.which("ovs-ofctl")
+    if ofctl is None:
+        raise RuntimeError("ovs-ofctl not installed")
+    env = {**os.environ, "OVS_RUNDIR": str(ovs.workdir)}
+    for args in (["del-flows", dc.BRIDGE],
+                 ["add-flow", dc.BRIDGE, f"in_port={dc.VHOST_PORT},actions=output:{dc.TAP_PORT}"],
+                 ["add-flow", dc.BRIDGE, f"in_port={dc.TAP_PORT},actions=output:{dc.VHOST_PORT}"]):
+        subprocess.run([ofctl, *args], check=True, capture_output=True, env=env,
+                       timeout=dc.VSCTL_TIMEOUT)
+
+
+def part1_ovs(ns: guestlib.GuestNetns, timing: Timing, work: Path,
+              log_dir: Path) -> list[Result]:
+    reason = dc.ovs_dpdk_available()
+    if reason:
+        return unavailable("OVS-DPDK", reason)
+    ovs_work = work / "ovs"
+    ovs_work.mkdir()
+    with contextlib.ExitStack() as stack:
+        try:
+            huge = dc.Hugepages(ovs_work / "huge")
+            stack.callback(huge.close)
+            ovs = dc.OvsDpdk(ovs_work, ns.name, tso=True, huge_dir=huge.mountpoint)
+            stack.callback(ovs.close)
+            sock = ovs_work / "vhu0.sock"
+            ovs.add_bridge(sock)
+            ovs_flows(ovs)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            return unavailable("OVS-DPDK", f"OVS-DPDK failed to start: {short_error(e)}")
+        backend = Backend("OVS-DPDK", sock, server=True, tap=dc.TAP_PORT)
+        return backend_cases(ns, backend, timing, work, log_dir)
+
+
+# --- part 2: raw ring speed ----------------------------------------------------------------------
+
+def ring_rate(backend: Backend, timing: Timing, log_dir: Path) -> Result:
+    """virtio_user txonly 64 B: the guest's TX counter over one window."""
+    res = Result(2, "64 B", "guest TX", backend.name)
+    with virtio_user(backend, log_dir) as pmd:
+        pmd.cmd("set txpkts 64")
+        pmd.set_fwd("txonly")
+        pmd.start()
+        time.sleep(timing.warmup_s)
+        t0, g0 = time.monotonic(), pmd.port_stats(dpdklib.VU_PORT)
+        time.sleep(timing.window_s)
+        t1, g1 = time.monotonic(), pmd.port_stats(dpdklib.VU_PORT)
+        pmd.stop()
+    res.pps, res.gbps = rate(g1.tx_packets - g0.tx_packets, g1.tx_bytes - g0.tx_bytes, t1 - t0)
+    res.detail = {"seconds": round(t1 - t0, 3)}
+    return res
+
+
+def part2(ns: guestlib.GuestNetns, timing: Timing, work: Path, log_dir: Path) -> list[Result]:
+    results = []
+    try:
+        v = VionetProc(ns, work, DISCARD_TAP, "--discard")
+        try:
+            r = ring_rate(Backend("vionet --discard", v.sock, False, DISCARD_TAP), timing,
+                          log_dir)
+            with contextlib.suppress(RuntimeError, OSError, ValueError):
+                r.detail["vionet_tx"] = {k: v for k, v in v.stats()["tx"].items()
+                                         if k != "drops"}
+            results.append(r)
+        finally:
+            v.close()
+    except (dpdklib.DpdkError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+        results.append(Result(2, "64 B", "guest TX", "vionet --discard", error=short_error(e)))
+    sock = work / "net_vhost.sock"
+    try:
+        with dpdklib.vhost_backend(sock, fwd="rxonly", main_lcore=0, log_dir=log_dir):
+            results.append(ring_rate(Backend("DPDK net_vhost", sock, False, ""), timing,
+                                     log_dir))
+    except (dpdklib.DpdkError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+        results.append(Result(2, "64 B", "guest TX", "DPDK net_vhost", error=short_error(e)))
+    return results
+
+
+# --- part 3: a real guest --------------------------------------------------------------------------
+
+def iperf(guest: guestlib.Guest, host: str, seconds: int, reverse: bool) -> float:
+    """Gbit/s the receiving end counted (the guest is the client; -R: it receives)."""
+    flag = " -R" if reverse else ""
+    cmd = (f"for i in $(seq {IPERF_RETRIES}); do iperf3 -J -c {host} -p {IPERF_PORT} "
+           f"-t {seconds}{flag} > /tmp/i.json && break; sleep 1; done; cat /tmp/i.json")
+    out = guest.check(cmd, timeout=seconds * IPERF_RETRIES + IPERF_SLACK_S)
+    report = json.loads(out[out.index("{"):])
+    if "error" in report:
+        raise RuntimeError(f"iperf3: {report['error']}")
+    return float(report["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def guest_run(image: guestlib.GuestImage, ns: guestlib.GuestNetns, netdev: guestlib.Netdev,
+              name: str, timing: Timing, work: Path) -> list[Result]:
+    host, addr = GUEST_NETS[name]
+    results = [Result(3, "iperf3 TCP", d, name) for d in ("guest TX", "guest RX")]
+    try:
+        with guestlib.Guest(image, netdev, ip=f"{addr}/24", netns=ns.name,
+                            log_path=work / f"guest-{name.replace(' ', '-')}.log") as g:
+            g.wait_booted()
+            for res in results:
+                t0 = time.monotonic()
+                try:
+                    res.gbps = iperf(g, host, timing.iperf_s, res.direction == "guest RX")
+                except (guestlib.GuestError, RuntimeError, ValueError, KeyError) as e:
+                    res.error = short_error(e)
+                res.detail = {"wall_s": round(time.monotonic() - t0, 1),
+                              "loadavg": loadavg()}
+    except (guestlib.GuestError, OSError, subprocess.SubprocessError) as e:
+        for res in results:
+            res.error = res.error or f"guest failed: {short_error(e)}"
+    return results
+
+
+def add_address(ns: guestlib.GuestNetns, tap: str, host: str) -> None:
+    ns.run(["ip", "addr", "add", f"{host}/24", "dev", tap])
+    ns.run(["ip", "link", "set", tap, "up"])
+
+
+def part3(ns: guestlib.GuestNetns, timing: Timing, work: Path) -> list[Result]:
+    reason = guestlib.skip_reason()
+    image = None
+    if reason is None:
+        try:
+            image = guestlib.GuestImage.build()
+        except (guestlib.GuestError, OSError, subprocess.SubprocessError) as e:
+            reason = f"guest image: {short_error(e)}"
+    if image is None:
+        return [Result(3, "iperf3 TCP", d, b, error=reason)
+                for b in GUEST_NETS for d in ("guest TX", "guest RX")]
+    results = []
+    server = ns.popen(image.host_iperf3("-s", "-p", str(IPERF_PORT)), stdin=subprocess.DEVNULL,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        log.info("guest on vionet: iperf3 both ways")
+        try:
+            v = VionetProc(ns, work, GUEST_VIONET_TAP)
+            try:
+                add_address(ns, GUEST_VIONET_TAP, GUEST_NETS["vionet"][0])
+                results += guest_run(image, ns, guestlib.VhostUserNetdev(str(v.sock)), "vionet",
+                                     timing, work)
+            finally:
+                v.close()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            results += [Result(3, "iperf3 TCP", d, "vionet", error=short_error(e))
+                        for d in ("guest TX", "guest RX")]
+        log.info("guest on QEMU's tap backend: iperf3 both ways")
+        try:
+            ns.run(["ip", "tuntap", "add", "dev", GUEST_QEMU_TAP, "mode", "tap"])
+            add_address(ns, GUEST_QEMU_TAP, GUEST_NETS["QEMU tap"][0])
+            results += guest_run(image, ns, guestlib.TapNetdev(GUEST_QEMU_TAP), "QEMU tap",
+                                 timing, work)
+        except (OSError, subprocess.SubprocessError) as e:
+            results += [Result(3, "iperf3 TCP", d, "QEMU tap", error=short_error(e))
+                        for d in ("guest TX", "guest RX")]
+    finally:
+        guestlib.stop_process(server)
+    return results
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+def find(results: list[Result], part: int, case: str, direction: str, backend: str) -> Result:
+    for r in results:
+        if (r.part, r.case, r.direction, r.backend) == (part, case, direction, backend):
+            return r
+    return Result(part, case, direction, backend, error="not run")
+
+
+def verdicts(results: list[Result]) -> list[Verdict]:
+    out = []
+    for case in CASES:
+        for d in ("guest TX", "guest RX"):
+            out.append(judge(1, case.name, d, case.metric, case.target,
+                             find(results, 1, case.name, d, "vionet"),
+                             find(results, 1, case.name, d, "OVS-DPDK")))
+    out.append(judge(2, "64 B", "guest TX", "pps", TARGET_RING_PPS,
+                     find(results, 2, "64 B", "guest TX", "vionet --discard"),
+                     find(results, 2, "64 B", "guest TX", "DPDK net_vhost")))
+    for d in ("guest TX", "guest RX"):
+        out.append(judge(3, "iperf3 TCP", d, "gbps", TARGET_GUEST,
+                         find(results, 3, "iperf3 TCP", d, "vionet"),
+                         find(results, 3, "iperf3 TCP", d, "QEMU tap")))
+    return out
+
+
+def cell(r: Result, metric: str) -> str:
+    if r.error:
+        return f"({r.error[:50]})"
+    return fmt_pps(r.pps) if metric == "pps" else fmt_gbps(r.gbps)
+
+
+def tables(results: list[Result], vs: list[Verdict]) -> str:
+    def verdict_of(part: int, case: str, d: str) -> Verdict:
+        return next(v for v in vs if (v.part, v.case, v.direction) == (part, case, d))
+
+    def ratio(v: Verdict) -> str:
+        return "-" if v.ratio is None else f"{v.ratio:.2f}x {v.metric}"
+
+    rows1 = []
+    for case in CASES:
+        for d in ("guest TX", "guest RX"):
+            a, b = find(results, 1, case.name, d, "vionet"), find(results, 1, case.name, d,
+                                                                 "OVS-DPDK")
+            v = verdict_of(1, case.name, d)
+            rows1.append([case.name, d, cell(a, "pps"), cell(a, "gbps"), cell(b, "pps"),
+                          cell(b, "gbps"), ratio(v), f">= {case.target}x", v.verdict])
+    t1 = tabulate(rows1, headers=["frames", "direction", "vionet", "Gbit/s", "OVS-DPDK",
+                                  "Gbit/s", "vionet/OVS", "target", "result"],
+                  disable_numparse=True)
+    a = find(results, 2, "64 B", "guest TX", "vionet --discard")
+    b = find(results, 2, "64 B", "guest TX", "DPDK net_vhost")
+    v = verdict_of(2, "64 B", "guest TX")
+    t2 = tabulate([["64 B txonly", cell(a, "pps"), cell(b, "pps"), ratio(v),
+                    f">= {TARGET_RING_PPS}x", v.verdict]],
+                  headers=["frames", "vionet --discard", "net_vhost rxonly", "ratio", "target",
+                           "result"], disable_numparse=True)
+    rows3 = []
+    for d in ("guest TX", "guest RX"):
+        a = find(results, 3, "iperf3 TCP", d, "vionet")
+        b = find(results, 3, "iperf3 TCP", d, "QEMU tap")
+        v = verdict_of(3, "iperf3 TCP", d)
+        rows3.append([d, cell(a, "gbps"), cell(b, "gbps"), ratio(v), f">= {TARGET_GUEST}x",
+                      v.verdict])
+    t3 = tabulate(rows3, headers=["iperf3 TCP", "vionet Gbit/s", "QEMU tap Gbit/s", "ratio",
+                                  "target", "result"], disable_numparse=True)
+    return (f"1. virtio_user <-> backend <-> tap: vionet vs OVS-DPDK (userspace TSO)\n{t1}\n\n"
+            f"2. raw ring speed (virtio_user txonly, backend discards)\n{t2}\n\n"
+            f"3. QEMU/TCG guest, iperf3: vionet vs QEMU's tap backend (vhost=off)\n{t3}\n")
+
+
+def environment(timing: Timing, quick: bool) -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "quick": quick,
+            "timing": dataclasses.asdict(timing),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+def run(timing: Timing, quick: bool, parts: set[int], out: Path, keep: Path | None) -> int:
+    reason = dpdklib.dpdk_available()
+    env = environment(timing, quick)
+    env["loadavg_before"] = loadavg()
+    results: list[Result] = []
+    loads: dict[str, list[float]] = {}
+    guestlib.remove_stale_netns(NETNS_PREFIX)
+    t_start = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vn-bench-")))
+        else:
+            work = keep
+            work.mkdir(parents=True, exist_ok=True)
+        log_dir = work / "dpdk-logs"
+        ns = stack.enter_context(guestlib.GuestNetns(f"{NETNS_PREFIX}{os.getpid()}"))
+        ns.run(["ip", "link", "set", "lo", "up"])
+        for knob in ("all", "default"):  # no IPv6 chatter (DAD, RS, MLD) on the taps
+            ns.run(["sysctl", "-qw", f"net.ipv6.conf.{knob}.disable_ipv6=1"])
+        steps: list[tuple[int, str, Callable[[], list[Result]]]] = [
+            (2, "ring", lambda: part2(ns, timing, work, log_dir)),
+            (1, "vionet", lambda: part1_vionet(ns, timing, work, log_dir)),
+            (1, "ovs", lambda: part1_ovs(ns, timing, work, log_dir)),
+            (3, "guest", lambda: part3(ns, timing, work)),
+        ]
+        for part, name, step in steps:
+            if part not in parts:
+                continue
+            if reason and part in (1, 2):
+                results += (unavailable("vionet", reason) + unavailable("OVS-DPDK", reason)
+                            if part == 1 else
+                            [Result(2, "64 B", "guest TX", b, error=reason)
+                             for b in ("vionet --discard", "DPDK net_vhost")])
+                continue
+            loads[f"{name}_before"] = loadavg()
+            log.info("part %d (%s), load %s", part, name, loads[f"{name}_before"])
+            results += step()
+            loads[f"{name}_after"] = loadavg()
+    env["loadavg_after"] = loadavg()
+    env["loadavg_steps"] = loads
+    env["wall_s"] = round(time.monotonic() - t_start, 1)
+    vs = verdicts(results)
+    sys.stdout.write(tables(results, vs))
+    sys.stdout.write(f"load average {env['loadavg_before'][0]:.2f} before, "
+                     f"{env['loadavg_after'][0]:.2f} after (2 shared cores); "
+                     f"{env['wall_s']:.0f} s\n")
+    sys.stdout.flush()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"environment": env, "results": [dataclasses.asdict(r) for r in results],
+              "verdicts": [dataclasses.asdict(v) for v in vs],
+              "targets": {"tso_gbps_vs_ovs": TARGET_TSO_GBPS,
+                          "small_pps_vs_ovs": TARGET_SMALL_PPS,
+                          "ring_pps_vs_net_vhost": TARGET_RING_PPS,
+                          "guest_iperf_vs_qemu_tap": TARGET_GUEST}}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    log.info("wrote %s", out)
+    return 0
+
+
+# --- the injector (a child process: python -m bench.vionet inject ...) ---------------------------
+
+SOL_PACKET = 263
+PACKET_VNET_HDR = 15       # linux/if_packet.h: a virtio_net_hdr precedes each frame
+PACKET_QDISC_BYPASS = 20   # straight to the driver's xmit: the tap's queue is the only queue
+# Frames per sendmmsg call: small enough for even pacing at a few Mpps (one
+# call every ~40 us at 1.5 Mpps), large enough that the Python loop is noise.
+INJECT_BATCH = 64
+VNET_HDR_LEN = 10          # struct virtio_net_hdr without num_buffers (PACKET_VNET_HDR)
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6 = 1, 4
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.POINTER(_Iovec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+def rx_frame(kind: str) -> tuple[bytes, bytes]:
+    """(virtio_net_hdr or b"", frame) the injector sends towards the guest (MAC_B -> MAC_A).
+
+    A super-packet is a GSO request with NEEDS_CSUM: its TCP check field holds
+    the folded pseudo-header sum over the full L4 length, as a Linux sender's.
+    """
+    case = CASE_BY_KIND[kind]
+    if not case.tso:
+        f = dpdklib.udp_frame(case.frame_len)
+        return b"", pktlib.MAC_A + pktlib.MAC_B + f[12:]
+    f = dpdklib.tcp_superframe(case.mss, TSO_SEGMENTS, v6=case.v6)
+    l3 = dpdklib.ETH_HLEN
+    l4 = l3 + (dpdklib.IP6_HLEN if case.v6 else dpdklib.IP4_HLEN)
+    src, dst = (f[l3 + 8:l3 + 24], f[l3 + 24:l3 + 40]) if case.v6 else \
+        (f[l3 + 12:l3 + 16], f[l3 + 16:l3 + 20])
+    ps = pktlib.pseudo_sum(6 if case.v6 else 4, src, dst, dpdklib.IPPROTO_TCP, len(f) - l4)
+    f = pktlib.MAC_A + pktlib.MAC_B + f[12:l4 + 16] + struct.pack("!H", ps) + f[l4 + 18:]
+    gso = VIRTIO_NET_HDR_GSO_TCPV6 if case.v6 else VIRTIO_NET_HDR_GSO_TCPV4
+    hdr = struct.pack("<BBHHHH", VIRTIO_NET_HDR_F_NEEDS_CSUM, gso, l4 + dpdklib.TCP_HLEN,
+                      case.mss, l4, 16)
+    return hdr, f
+
+
+def inject(ifname: str, kind: str, pps: int, seconds: float) -> dict[str, Any]:
+    """Send `kind` frames out of `ifname` at up to `pps` until SIGTERM or `seconds`.
+
+    Per batch one sendmmsg(2) of INJECT_BATCH messages that all point at the
+    same frame (the kernel copies each); pacing by sleeping until the total
+    sent matches the rate.  The tap drops what its reader does not take.
+    """
+    hdr, frame = rx_frame(kind)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+    if hdr:
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+    sock.bind((ifname, 0))
+    parts = [ctypes.create_string_buffer(p, len(p)) for p in (hdr, frame) if p]
+    iov = (_Iovec * len(parts))(*[_Iovec(ctypes.cast(p, ctypes.c_void_p), len(p.raw))
+                                  for p in parts])
+    msgs = (_Mmsghdr * INJECT_BATCH)()
+    for m in msgs:
+        m.msg_hdr.msg_iov, m.msg_hdr.msg_iovlen = iov, len(parts)
+    libc = ctypes.CDLL(None, use_errno=True)
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    sent = errors = 0
+    t0 = time.monotonic()
+    deadline = t0 + seconds
+    while not stop:
+        n = libc.sendmmsg(sock.fileno(), msgs, INJECT_BATCH, 0)
+        if n < 0:
+            errors += 1
+            time.sleep(1e-4)
+        else:
+            sent += n
+        now = time.monotonic()
+        if now > deadline:
+            break
+        ahead = t0 + sent / pps - now
+        if ahead > 0:
+            time.sleep(ahead)
+    return {"sent": sent, "errors": errors, "seconds": time.monotonic() - t0,
+            "frame_len": len(frame)}
+
+
+def inject_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.vionet inject")
+    ap.add_argument("--ifname", required=True)
+    ap.add_argument("--kind", required=True, choices=sorted(CASE_BY_KIND))
+    ap.add_argument("--pps", type=int, required=True)
+    ap.add_argument("--seconds", type=float, required=True)
+    args = ap.parse_args(argv)
+    report = inject(args.ifname, args.kind, args.pps, args.seconds)
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inject"]:
+        return inject_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="python -m bench.vionet",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short windows (about 2 minutes)")
+    ap.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 1,3")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON output file")
+    ap.add_argument("--keep", type=Path, help="keep logs and work files in this directory")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(name)s: %(message)s")
+    if os.geteuid() != 0:
+        log.error("needs root (network namespaces, taps, DPDK, hugepages)")
+        return 1
+    # SIGTERM unwinds like Ctrl-C, so every process and mount is cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    parts = {int(p) for p in args.parts.split(",") if p}
+    return run(QUICK if args.quick else FULL, args.quick, parts, args.out, args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
