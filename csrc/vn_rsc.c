@@ -185,6 +185,7 @@ struct outq {
 	uint32_t n, cap;
 };
 
+/* 16 bits as stored (memory order), any alignment. */
 static inline uint16_t load16(const uint8_t *p)
 {
 	uint16_t v;
@@ -193,11 +194,13 @@ static inline uint16_t load16(const uint8_t *p)
 	return v;
 }
 
+/* Store 16 bits in memory order, any alignment. */
 static inline void store16(uint8_t *p, uint16_t v)
 {
 	memcpy(p, &v, 2);
 }
 
+/* A sum of bytes at odd offsets, moved to even ones (RFC 1071 byte swap). */
 static inline uint16_t bswap16(uint16_t v)
 {
 	return (uint16_t)((v << 8) | (v >> 8));
@@ -226,6 +229,7 @@ static inline uint32_t hdr_sum(const uint8_t *p, size_t n, uint32_t init)
 /* Parsing                                                            */
 /* ------------------------------------------------------------------ */
 
+/* Hash of a flow key (a multiple of 4 bytes long). */
 static uint32_t key_hash(const uint8_t *key, size_t n)
 {
 	uint32_t h = 0x811c9dc5u, w;
@@ -238,6 +242,7 @@ static uint32_t key_hash(const uint8_t *key, size_t n)
 	return h ^ (h >> 16);
 }
 
+/* The flow key (addresses, ports) and its hash. */
 static void make_key(struct seg *s)
 {
 	const uint8_t *ip = s->f + s->l3;
@@ -273,6 +278,7 @@ static int parse_l2(const uint8_t *f, size_t len, uint16_t *l3)
 	return proto;
 }
 
+/* IPv4 header: a candidate is option-free, unfragmented TCP with a good header sum. */
 static enum verdict parse_ipv4(struct vn_rsc *r, struct seg *s, uint64_t **why)
 {
 	const uint8_t *ip = s->f + s->l3;
@@ -303,6 +309,7 @@ static enum verdict parse_ipv4(struct vn_rsc *r, struct seg *s, uint64_t **why)
 	return V_CANDIDATE;
 }
 
+/* IPv6 header: a candidate carries TCP right after it. */
 static enum verdict parse_ipv6(struct vn_rsc *r, struct seg *s, uint64_t **why)
 {
 	const uint8_t *ip = s->f + s->l3;
@@ -336,6 +343,7 @@ static enum verdict parse_ipv6(struct vn_rsc *r, struct seg *s, uint64_t **why)
 	return V_CANDIDATE;
 }
 
+/* TCP header inside the IP packet; SYN and oversize bypass after their flow's unit. */
 static enum verdict parse_tcp(struct vn_rsc *r, struct seg *s, uint64_t **why)
 {
 	const uint8_t *t = s->f + s->l4;
@@ -414,6 +422,7 @@ static uint32_t seg_head_sum(const struct seg *s)
 	return hdr_sum(s->f + s->l4, s->thlen, sum);
 }
 
+/* Is the segment's TCP checksum right, given its payload's sum? */
 static int seg_csum_ok(const struct seg *s, uint32_t payload_sum)
 {
 	return vn_csum_fold(vn_csum_add(seg_head_sum(s), payload_sum)) == 0xffff;
@@ -438,6 +447,7 @@ static uint16_t derived_payload_sum(const struct seg *s)
 /* Buffers, flows, outputs                                            */
 /* ------------------------------------------------------------------ */
 
+/* Unit buffer number @idx. */
 static uint8_t *buf_at(const struct vn_rsc *r, int16_t idx)
 {
 	return r->pool + (size_t)idx * r->buf_size;
@@ -450,6 +460,7 @@ static void release_inflight(struct vn_rsc *r)
 		r->free_bufs[r->n_free_bufs++] = r->inflight[--r->n_inflight];
 }
 
+/* The flow holding a unit for @s's key, or NULL. */
 static struct rsc_flow *lookup(struct vn_rsc *r, const struct seg *s)
 {
 	int16_t i = r->buckets[s->hash & (RSC_BUCKETS - 1)];
@@ -465,6 +476,7 @@ static struct rsc_flow *lookup(struct vn_rsc *r, const struct seg *s)
 	return NULL;
 }
 
+/* Free a flow whose unit was delivered; its buffer is in flight until the next call. */
 static void unlink_flow(struct vn_rsc *r, struct rsc_flow *fl)
 {
 	int16_t idx = (int16_t)(fl - r->flows);
@@ -482,6 +494,7 @@ static void unlink_flow(struct vn_rsc *r, struct rsc_flow *fl)
 		r->dl_dirty = 1;
 }
 
+/* The earliest deadline of a held unit (UINT64_MAX: none), cached. */
 static uint64_t earliest_deadline(struct vn_rsc *r)
 {
 	uint64_t best = UINT64_MAX;
@@ -500,6 +513,7 @@ static uint64_t earliest_deadline(struct vn_rsc *r)
 	return best;
 }
 
+/* The next output entry, zeroed (callers ensured there is room). */
 static struct vn_rsc_out *out_take(struct outq *q)
 {
 	struct vn_rsc_out *o = &q->o[q->n++];
@@ -508,6 +522,7 @@ static struct vn_rsc_out *out_take(struct outq *q)
 	return o;
 }
 
+/* Deliver an input frame untouched, with its input header (bypass). */
 static void emit_frame(struct vn_rsc *r, struct outq *q, const struct vn_net_hdr *in_hdr,
 		       const uint8_t *f, size_t len)
 {
@@ -521,6 +536,7 @@ static void emit_frame(struct vn_rsc *r, struct outq *q, const struct vn_net_hdr
 	r->st.delivered++;
 }
 
+/* Deliver a verified segment alone, as received. */
 static void emit_segment(struct vn_rsc *r, struct outq *q, const struct seg *s)
 {
 	struct vn_rsc_out *o = out_take(q);
@@ -547,6 +563,7 @@ static void fix_ip_len(struct rsc_flow *fl)
 	}
 }
 
+/* gso mode: make a unit of several segments what GRO hands a tap reader. */
 static void finish_gso(struct vn_rsc *r, struct rsc_flow *fl, struct vn_net_hdr *h)
 {
 	uint8_t *ip = fl->buf + fl->l3;
@@ -563,6 +580,7 @@ static void finish_gso(struct vn_rsc *r, struct rsc_flow *fl, struct vn_net_hdr 
 	h->csum_offset = TCP_CHECK_OFF;
 }
 
+/* rsc mode: RSC_INFO header, full TCP checksum. */
 static void finish_rsc(struct vn_rsc *r, struct rsc_flow *fl, struct vn_net_hdr *h)
 {
 	uint8_t *ip = fl->buf + fl->l3, *t = fl->buf + fl->l4;
@@ -789,6 +807,7 @@ static int fill_head(struct vn_rsc *r, int16_t bi, const struct seg *s, int trus
 	return 0;
 }
 
+/* Enter a filled-in unit in the table (a free entry exists). */
 static void install_flow(struct vn_rsc *r, const struct rsc_flow *tmp, uint64_t now)
 {
 	int16_t idx = r->free_flows[--r->n_free_flows];
@@ -883,6 +902,7 @@ static void ack_only(struct vn_rsc *r, struct outq *q, struct rsc_flow *fl,
 	finalize(r, q, fl, in_hdr, s, trusted, why);
 }
 
+/* Which finalizing flag to count (one per segment). */
 static uint64_t *final_reason(struct vn_rsc *r, uint8_t flags)
 {
 	if (flags & TCP_RST)
