@@ -56,6 +56,7 @@ RX, TX = 0, 1
 # How long the back-end may take to answer one request / to use a posted chain.
 REPLY_TIMEOUT = 10.0
 USED_TIMEOUT = 10.0
+CONNECT_RETRY_S = 0.02
 # Features a well-behaved front-end acks out of what is offered: EVENT_IDX is
 # left out so notifications stay the simple flag kind.
 NOT_ACKED = 1 << vf.VIRTIO_RING_F_EVENT_IDX
@@ -248,7 +249,18 @@ class Frontend:
     def __init__(self, path: str, timeout: float = REPLY_TIMEOUT) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        # A back-end serves one front-end at a time; with its backlog full, a
+        # connect() with a timeout fails with EAGAIN at once: retry, bounded.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock.connect(path)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.sock.close()
+                    raise
+                time.sleep(CONNECT_RETRY_S)
         self.offered = 0
         self.acked = 0
 

@@ -58,6 +58,7 @@ from vhost_frontend import (
     SplitRing,
 )
 
+from vmdnet.vhost_user import protocol as P
 from vmdnet.vhost_user.protocol import Request
 from vmdnet.virtio import features as vf
 from vmdnet.virtio.net_hdr import VnetHdr
@@ -777,6 +778,43 @@ RING_ADDR_CASES: dict[str, Callable[[SplitRing], tuple[int, int, int]]] = {
 @pytest.mark.parametrize("name", list(RING_ADDR_CASES))
 def test_vring_outside_memory(vionet: Vionet, name: str) -> None:
     _ring_addr_case(vionet, RING_ADDR_CASES[name])
+    assert_survives(vionet)
+
+
+# --- a front-end that does not read its replies -----------------------------------
+# Requests sent without reading a reply: far more replies than any socket buffer
+# holds (each costs about 600 B of send buffer; the default is about 200 KiB).
+FLOOD_REQUESTS = 20000
+HANGUPS = 20
+
+
+def test_frontend_never_reads_replies(vionet: Vionet) -> None:
+    """Replies pile up unread: the connection is dropped as a protocol error, no crash."""
+    before = vionet.stats()
+    msg = P.HEADER.pack(Request.GET_FEATURES, P.VHOST_USER_VERSION, 0)
+    with vionet.frontend() as fe:
+        try:
+            for _ in range(FLOOD_REQUESTS):
+                fe.sock.sendall(msg)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        fe.expect_closed()
+    after = vionet.wait_stats(lambda s: delta(before, s, "disconnects") >= 1, "disconnect")
+    assert delta(before, after, "protocol_errors") == 1
+    assert_survives(vionet)
+
+
+def test_frontend_hangs_up_before_reading_reply(vionet: Vionet) -> None:
+    """A front-end gone before its reply is sent is a plain disconnect (EPIPE is no crash)."""
+    before = vionet.stats()
+    msg = P.HEADER.pack(Request.GET_FEATURES, P.VHOST_USER_VERSION, 0)
+    for _ in range(HANGUPS):
+        with vionet.frontend() as fe:
+            fe.sock.sendall(msg * 3)
+    after = vionet.wait_stats(lambda s: delta(before, s, "disconnects") >= HANGUPS,
+                              "every hang-up seen")
+    assert delta(before, after, "connections") == HANGUPS
+    assert delta(before, after, "protocol_errors") == 0
     assert_survives(vionet)
 
 

@@ -92,7 +92,12 @@ class Connection:
         """Read what the backend wants next, feed it, send its replies.
 
         Returns the device events, or None when the front-end closed the
-        connection.  VhostUserError propagates: close the connection then.
+        connection (also when it hung up before reading a reply: the events of
+        that read are then dropped, the caller's disconnect resets everything).
+        VhostUserError propagates: close the connection then.  On a
+        non-blocking socket, a reply that does not fit the socket buffer is a
+        VhostUserError (with the events): a front-end that leaves replies
+        unread would otherwise make us buffer without bound.
         """
         try:
             data, fds = recv_with_fds(self.sock, backend.bytes_wanted())
@@ -106,7 +111,13 @@ class Connection:
         events = backend.receive(data, fds)
         out = backend.data_to_send()
         if out:
-            self.sock.sendall(out)
+            try:
+                self.sock.sendall(out)
+            except (BrokenPipeError, ConnectionResetError):
+                return None
+            except BlockingIOError:
+                raise VhostUserError("front-end does not read its replies "
+                                     "(socket send buffer full)", events) from None
         return events
 
     def close(self) -> None:
