@@ -135,6 +135,8 @@ DPDK_RUNTIME_DIR = Path("/var/run/dpdk")
 STARTUP_TIMEOUT = 60.0
 # A plain command (show, set) answers in milliseconds; allow for a loaded host.
 CMD_TIMEOUT = 15.0
+# A vhost-user link comes up within about 1.5 s here (OVS retries once a second).
+LINK_TIMEOUT = 30.0
 # quit stops and closes every port; a vhost port waits for its peer a little.
 QUIT_TIMEOUT = 15.0
 # After SIGTERM, how long before SIGKILL.
@@ -650,7 +652,7 @@ class TestPmd:
         m = _LINK_RE.search(self.cmd(f"show port info {port}").encode())
         return bool(m and m.group(1) == b"up")
 
-    def link_up(self, port: int, timeout: float = 30.0) -> None:
+    def link_up(self, port: int, timeout: float = LINK_TIMEOUT) -> None:
         """Wait (polling ``show port info``) until the port's link is up."""
         deadline = time.monotonic() + timeout
         while not self.link_is_up(port):
@@ -707,9 +709,10 @@ class TestPmd:
         """Every feature set a net_vhost port logged as negotiated, in order.
 
         rte_vhost logs each VHOST_USER_SET_FEATURES it accepts; a frontend that
-        renegotiates (virtio_user after its offloads change) adds an entry.
+        renegotiates (virtio_user after its offloads change) adds an entry.  Read
+        from the log file: the in-memory buffer may have dropped early output.
         """
-        return [int(h, 16) for h in _NEGOTIATED_RE.findall(self.output(0))]
+        return [int(h, 16) for h in _NEGOTIATED_RE.findall(self.log_path.read_bytes())]
 
     def run_for(self, seconds: float) -> None:
         """Forward for a fixed wall time (bounded traffic)."""
@@ -779,7 +782,6 @@ TX_RETRY_DELAY_US, TX_RETRY_NUM = 100, 10000
 POLL_INTERVAL = 0.1
 # A generated send file never grows beyond this (count x frame size).
 MAX_SEND_FILE_BYTES = 512 << 20
-LINK_TIMEOUT = 30.0
 # Without a `drained` check, how long a sending guest stays after its last frame
 # is queued, so the backend can take what is still in the ring.
 TX_LINGER = 1.0
