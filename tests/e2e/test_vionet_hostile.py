@@ -901,3 +901,54 @@ def test_unsealed_memfd_shrunk_after_mem_table(ns: GuestNetns, tmp_path: Path) -
         assert_survives(v)
     finally:
         v.close()
+
+
+# --- nothing leaks ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Footprint:
+    """What a VMM's connections could leave behind in vionet."""
+
+    fds: int
+    threads: int
+    guest_ram_fds: int          # fds still referring to a front-end's RAM memfd
+    guest_ram_maps: int         # mappings of it
+
+    @classmethod
+    def of(cls, pid: int) -> Footprint:
+        fd_dir = f"/proc/{pid}/fd"
+        targets = []
+        for name in os.listdir(fd_dir):
+            try:
+                targets.append(os.readlink(f"{fd_dir}/{name}"))
+            except FileNotFoundError:
+                pass
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        return cls(len(targets), len(os.listdir(f"/proc/{pid}/task")),
+                   sum(RAM_NAME in t for t in targets), maps.count(RAM_NAME))
+
+
+RAM_NAME = "memfd:vn-frontend-ram"
+
+
+def idle_footprint(v: Vionet) -> Footprint:
+    """vionet's footprint once every connection so far has been taken down."""
+    v.wait_stats(lambda s: s["disconnects"] == s["connections"], "every disconnect handled")
+    return Footprint.of(v.proc.pid)
+
+
+def test_nothing_leaks_across_hostile_connections(vionet: Vionet) -> None:
+    """After good, broken and refused connections, vionet holds what it held before:
+    no fds, threads, or guest RAM of VMMs that are gone."""
+    assert_survives(vionet)
+    base = idle_footprint(vionet)
+    assert base.guest_ram_fds == base.guest_ram_maps == 0, base
+    for _ in range(3):
+        dev = open_device(vionet)
+        try:
+            break_ring(vionet, dev, dev.tx, "tx", descriptor_loop, "loop")
+        finally:
+            dev.close()
+        _mem_case(vionet, OVERSIZED_CASES["memory_size_past_file_end"])
+        _ring_addr_case(vionet, RING_ADDR_CASES["desc_outside"])
+        assert_survives(vionet)
+    assert idle_footprint(vionet) == base

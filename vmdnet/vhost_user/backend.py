@@ -43,7 +43,8 @@ the requests handled before it); the connection is dead: call disconnect().
 Fds: the Backend owns every fd it received (memory regions, kick/call/err);
 events lend them to the device (dup() them to keep them).  Replaced or dropped
 fds are closed at the start of the next receive() or by close(), so the device
-can still unregister them while handling the events that retired them.  The
+can still unregister them while handling the events that retired them;
+release_retired() closes them at once (after a disconnect).  The
 mapping of regions (mmap of fd from offset 0 for mmap_offset + memory_size,
 after checking fstat size) is the device's job.
 """
@@ -168,6 +169,15 @@ class Backend:
         self._out.clear()
         events.append(Reset(True))
         return events
+
+    def release_retired(self) -> None:
+        """Close the retired fds now, once the device no longer uses any of them.
+
+        Call after handling disconnect()'s events: otherwise the fds of a VMM
+        that is gone (its guest RAM memfd among them, which keeps all of that
+        RAM allocated) stay open until the next front-end sends a message.
+        """
+        self._close_retired()
 
     def close(self) -> None:
         """Close every fd the Backend owns, without calling the device (teardown)."""

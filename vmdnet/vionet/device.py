@@ -219,6 +219,8 @@ class Vionet:
         self.counters["disconnects"] += 1
         self.handle(self.backend.disconnect())
         self._reset(True)
+        # Nothing uses the old VMM's fds now: close them (its RAM is freed only then).
+        self.backend.release_retired()
 
     def close(self) -> None:
         self._reset(True)
