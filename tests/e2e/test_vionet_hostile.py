@@ -30,6 +30,7 @@ Frames use 198.18.3.0/24 and locally administered MACs only.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
@@ -815,6 +816,51 @@ def test_frontend_hangs_up_before_reading_reply(vionet: Vionet) -> None:
                               "every hang-up seen")
     assert delta(before, after, "connections") == HANGUPS
     assert delta(before, after, "protocol_errors") == 0
+    assert_survives(vionet)
+
+
+# --- notification fds that would block -------------------------------------------
+F_SETPIPE_SZ = 1031             # fcntl.h: set a pipe's capacity
+EFD_MAX = 0xFFFF_FFFF_FFFF_FFFE  # the largest value an eventfd counter holds
+# Packets sent, one kick each, while the call fd cannot take a notification.
+BLOCKED_CALL_PACKETS = 64
+PIPE_CAPACITY = 4096            # one page, the smallest a pipe can be
+
+
+def _full_eventfd() -> tuple[int, int]:
+    """A blocking eventfd whose counter is at its maximum: one more write(1) blocks."""
+    fd = os.eventfd(0, os.EFD_CLOEXEC)
+    os.eventfd_write(fd, EFD_MAX)
+    return fd, fd
+
+
+def _small_pipe() -> tuple[int, int]:
+    """A full blocking pipe that nobody reads: (write end for vionet, read end)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    assert fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_CAPACITY) == PIPE_CAPACITY
+    assert os.write(w, bytes(PIPE_CAPACITY)) == PIPE_CAPACITY
+    return w, r
+
+
+@pytest.mark.parametrize("make", [_full_eventfd, _small_pipe], ids=["full_eventfd", "pipe"])
+def test_call_fd_that_blocks(vionet: Vionet, device: Device, make) -> None:
+    """A call fd whose write would block must not hang the queue thread, or with it the
+    control loop that stops it: vionet keeps sending, and a disconnect still works."""
+    tx = device.tx
+    call_fd, keep = make()
+    try:
+        device.fe.set_vring_fd(Request.SET_VRING_CALL, TX, call_fd)
+        before = vionet.stats()
+        for i in range(BLOCKED_CALL_PACKETS):
+            tx.post_tx(plain_hdr() + udp_frame(b"%d" % i))
+            tx.kick()
+        after = vionet.wait_stats(
+            lambda s: delta(before, s, "tx", "chains") >= BLOCKED_CALL_PACKETS, "all chains")
+        assert delta(before, after, "tx", "packets") == BLOCKED_CALL_PACKETS
+    finally:
+        device.close()
+        for fd in {call_fd, keep}:
+            os.close(fd)
     assert_survives(vionet)
 
 

@@ -47,6 +47,22 @@ from vmdnet.virtio import features as vf
 log = logging.getLogger(__name__)
 
 
+def _notify_fd(fd: int | None) -> int:
+    """A kick or call fd from the VMM, made non-blocking; -1 for none.
+
+    The VMM chooses these fds: a blocking one could stall a queue thread for
+    good (an eventfd whose counter the VMM filled, a pipe nobody reads), and
+    the control thread with it when it stops that queue.  O_NONBLOCK is set on
+    the file description the VMM shares; QEMU's own event notifiers have it
+    already.  A notification that would block is dropped (the guest is then
+    owed one; that is the VMM's doing).
+    """
+    if fd is None:
+        return -1
+    os.set_blocking(fd, False)
+    return fd
+
+
 class TapControl(Protocol):
     """The privileged tap operations vionet needs."""
 
@@ -148,8 +164,8 @@ class Vionet:
         vring = Vring()
         vring.setup(self.mem, cfg.num, cfg.desc_user_addr, cfg.avail_user_addr,
                     cfg.used_user_addr, cfg.base, self.acked)
-        vring.kick_fd = -1 if cfg.kick_fd is None else cfg.kick_fd
-        vring.call_fd = -1 if cfg.call_fd is None else cfg.call_fd
+        vring.kick_fd = _notify_fd(cfg.kick_fd)
+        vring.call_fd = _notify_fd(cfg.call_fd)
         if tx:
             path: TxPath | RxPath = TxPath(vring, self.mem, self.tap_fd, self._config(True),
                                            self.tx_stats)
@@ -166,8 +182,8 @@ class Vionet:
         if not q:
             return
         self._pause(q)
-        q.vring.kick_fd = -1 if ev.kick_fd is None else ev.kick_fd
-        q.vring.call_fd = -1 if ev.call_fd is None else ev.call_fd
+        q.vring.kick_fd = _notify_fd(ev.kick_fd)
+        q.vring.call_fd = _notify_fd(ev.call_fd)
         self._resume(q)
 
     def _stop_vring(self, index: int) -> int | None:
