@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import platform
+import re
 import select
 import shutil
 import signal
@@ -60,15 +61,16 @@ from typing import Any
 
 from tabulate import tabulate
 
-from bench import dpdk_common as dc  # puts tests/ on sys.path
+from bench import dpdk_common as dc
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 import dpdklib  # noqa: E402  (tests/ is not a package)
 import guestlib  # noqa: E402
 import pktlib  # noqa: E402
 
 log = logging.getLogger("bench.vionet")
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "vionet.json"
 NETNS_PREFIX = "vn-bench-"
 # Tap names (IFNAMSIZ 16): vionet's for part 1, for --discard, for the guest; QEMU's tap.
@@ -100,6 +102,9 @@ LINK_TIMEOUT = 30.0
 # loaded machine takes a second or two.
 INJECT_READY_TIMEOUT = 30.0
 INJECT_EXIT_TIMEOUT = 10.0
+# Until traffic flows after forwarding starts (see wait_flowing), polled this often.
+FLOW_TIMEOUT = 30.0
+FLOW_POLL_S = 0.2
 # A guest iperf3 run: its duration plus connect retries and start-up under TCG.
 IPERF_SLACK_S = 60
 IPERF_RETRIES = 5
@@ -221,8 +226,8 @@ def judge(part: int, case: str, direction: str, metric: str, target: float,
           ours: Result, peer: Result) -> Verdict:
     a, b = ours.value(metric), peer.value(metric)
     if a is None or b is None or b <= 0:
-        why = ours.error or peer.error or "no traffic through the peer"
-        return Verdict(part, case, direction, metric, None, target, f"n/a ({why[:60]})")
+        why = "not measured" if a is None or b is None else "no traffic through the peer"
+        return Verdict(part, case, direction, metric, None, target, f"n/a ({why})")
     ratio = a / b
     return Verdict(part, case, direction, metric, ratio, target,
                    "pass" if ratio >= target else "miss")
@@ -290,6 +295,57 @@ class Backend:
     server: bool  # virtio_user listens (OVS is the vhost-user client)
     tap: str
     vionet: VionetProc | None = None
+    ovs: dc.OvsDpdk | None = None
+
+    def counters(self) -> dict[str, int]:
+        """The backend's own counters (flattened), for what it dropped in a window."""
+        try:
+            if self.vionet is not None:
+                return flatten(self.vionet.stats(), ("tx", "rx"))
+            if self.ovs is not None:
+                return {f"{port}.{k}": v for port in (dc.VHOST_PORT, dc.TAP_PORT)
+                        for k, v in ovs_statistics(self.ovs, port).items()}
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as e:
+            log.warning("%s counters: %s", self.name, e)
+        return {}
+
+
+def flatten(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, int]:
+    """Integer leaves under `keys` of a nested dict, as dotted names."""
+    out: dict[str, int] = {}
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, dict):
+            for k, sub in v.items():
+                walk(f"{prefix}.{k}", sub)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            out[prefix] = v
+
+    for k in keys:
+        walk(k, d.get(k, {}))
+    return out
+
+
+_DUMP_PORT_RE = re.compile(r"port\s+\"?([\w.-]+)\"?:\s+rx (.*?)\n\s+tx (.*?)(?:\n|$)")
+_KV_RE = re.compile(r"(\w+)=(\d+)")
+
+
+def ovs_statistics(ovs: dc.OvsDpdk, port: str) -> dict[str, int]:
+    """A port's live counters from ``ovs-ofctl dump-ports`` (the database's
+    Interface statistics are refreshed only every 5 s)."""
+    out = ovs_ofctl(ovs, "--names", "dump-ports", dc.BRIDGE, port)
+    for name, rx, tx in _DUMP_PORT_RE.findall(out):
+        if name == port:
+            return {**{f"rx_{k}": int(v) for k, v in _KV_RE.findall(rx)},
+                    **{f"tx_{k}": int(v) for k, v in _KV_RE.findall(tx)}}
+    raise ValueError(f"no counters for {port} in: {out}")
+
+
+def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What moved between two samples, restricted to drop/error/retry counters."""
+    return {k: after[k] - before.get(k, 0) for k in after
+            if after[k] != before.get(k, 0)
+            and any(w in k for w in ("drop", "err", "retr", "discard", "bad", "no_buf"))}
 
 
 @contextlib.contextmanager
@@ -308,27 +364,45 @@ def virtio_user(backend: Backend, log_dir: Path) -> Iterator[dpdklib.TestPmd]:
         pmd.close()
 
 
-# --- guest TX: virtio_user -> backend -> tap --------------------------------------------------------
+# --- guest TX: virtio_user -> backend -> tap ------------------------------------------------------
 
 def tap_counters(ns: guestlib.GuestNetns, tap: str) -> dict[str, int]:
     return dc.tap_counters(ns.name, tap)
 
 
+def wait_flowing(counter: Callable[[], int], timeout: float = FLOW_TIMEOUT) -> float:
+    """Wait until `counter` moves (the backend set its rings up and takes traffic);
+    returns how long that took.  On a loaded machine OVS's main thread needed
+    several seconds after the connect before its PMD thread polled the port."""
+    t0 = time.monotonic()
+    first = counter()
+    while counter() == first:
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"no traffic within {timeout:.0f} s")
+        time.sleep(FLOW_POLL_S)
+    return time.monotonic() - t0
+
+
 def measure_tx(ns: guestlib.GuestNetns, backend: Backend, pmd: dpdklib.TestPmd,
                timing: Timing) -> tuple[float, float, dict[str, Any]]:
-    """Forwarding runs: after the warm-up, the tap's rx counters over one window."""
+    """Forwarding runs: once traffic flows and after the warm-up, the tap's rx
+    counters over one window."""
+    settle = wait_flowing(lambda: pmd.port_stats(dpdklib.VU_PORT).tx_packets)
     time.sleep(timing.warmup_s)
+    b0 = backend.counters()
     t0, tap0 = time.monotonic(), tap_counters(ns, backend.tap)
     g0 = pmd.port_stats(dpdklib.VU_PORT)
     time.sleep(timing.window_s)
     t1, tap1 = time.monotonic(), tap_counters(ns, backend.tap)
     g1 = pmd.port_stats(dpdklib.VU_PORT)
+    b1 = backend.counters()
     secs = t1 - t0
     pps, gbps = rate(tap1["rx_packets"] - tap0["rx_packets"],
                      tap1["rx_bytes"] - tap0["rx_bytes"], secs)
-    detail = {"seconds": round(secs, 3),
+    detail = {"seconds": round(secs, 3), "settle_s": round(settle, 1),
               "guest_tx_pps": round((g1.tx_packets - g0.tx_packets) / secs),
-              "tap_rx_dropped": tap1["rx_dropped"] - tap0["rx_dropped"]}
+              "tap_rx_dropped": tap1["rx_dropped"] - tap0["rx_dropped"],
+              "backend_drops": counter_delta(b0, b1)}
     return pps, gbps, detail
 
 
@@ -376,7 +450,7 @@ def guest_tx_tso(ns: guestlib.GuestNetns, backend: Backend, timing: Timing, log_
     return res
 
 
-# --- guest RX: injector -> tap -> backend -> virtio_user rxonly ------------------------------------
+# --- guest RX: injector -> tap -> backend -> virtio_user rxonly -----------------------------------
 
 class Injector:
     """The paced AF_PACKET sender (this module's ``inject`` mode) in our namespace."""
@@ -454,22 +528,27 @@ def guest_rx_case(ns: guestlib.GuestNetns, backend: Backend, timing: Timing,
     try:
         inj = Injector(ns, backend.tap, case.kind, case.offered_pps, span)
         try:
+            settle = wait_flowing(lambda: pmd.port_stats(dpdklib.VU_PORT).rx_packets)
             time.sleep(timing.warmup_s)
+            b0 = backend.counters()
             t0, g0, tap0 = time.monotonic(), pmd.port_stats(dpdklib.VU_PORT), \
                 tap_counters(ns, backend.tap)
             time.sleep(timing.window_s)
             t1, g1, tap1 = time.monotonic(), pmd.port_stats(dpdklib.VU_PORT), \
                 tap_counters(ns, backend.tap)
+            b1 = backend.counters()
         finally:
             sent = inj.finish()
         secs = t1 - t0
         res.pps, res.gbps = rate(g1.rx_packets - g0.rx_packets, g1.rx_bytes - g0.rx_bytes, secs)
-        res.detail = {"seconds": round(secs, 3),
+        res.detail = {"seconds": round(secs, 3), "settle_s": round(settle, 1),
                       "offered_pps": case.offered_pps,
-                      "injected_pps": round(sent.get("sent", 0) / max(sent.get("seconds", 0), 1e-9)),
+                      "injected_pps": round(sent.get("sent", 0)
+                                            / max(sent.get("seconds", 0), 1e-9)),
                       "tap_read_pps": round((tap1["tx_packets"] - tap0["tx_packets"]) / secs),
                       "tap_dropped_pps": round((tap1["tx_dropped"] - tap0["tx_dropped"]) / secs),
-                      "guest_rx_nombuf": g1.rx_nombuf - g0.rx_nombuf}
+                      "guest_rx_nombuf": g1.rx_nombuf - g0.rx_nombuf,
+                      "backend_drops": counter_delta(b0, b1)}
     except (dpdklib.DpdkError, RuntimeError, OSError, subprocess.SubprocessError,
             ValueError) as e:
         res.error = short_error(e)
@@ -499,13 +578,6 @@ def backend_cases(ns: guestlib.GuestNetns, backend: Backend, timing: Timing, wor
         results.append(guest_tx_tso(ns, backend, timing, log_dir, case, work))
     log.info("%s: guest RX", backend.name)
     attempt(list(CASES), "guest RX", lambda: guest_rx(ns, backend, timing, log_dir, list(CASES)))
-    if backend.vionet is not None:
-        with contextlib.suppress(RuntimeError, OSError, ValueError):
-            stats = backend.vionet.stats()
-            for r in results:
-                r.detail.setdefault("vionet_drops_total", {
-                    "tx": {k: v for k, v in stats["tx"]["drops"].items() if v},
-                    "rx": {k: v for k, v in stats["rx"]["drops"].items() if v}})
     return results
 
 
@@ -527,17 +599,21 @@ def part1_vionet(ns: guestlib.GuestNetns, timing: Timing, work: Path,
         v.close()
 
 
-def ovs_flows(ovs: dc.OvsDpdk) -> None:
-    """Replace the NORMAL rule by two port-to-port rules: forwarding, not learning."""
+def ovs_ofctl(ovs: dc.OvsDpdk, *args: str) -> str:
+    """ovs-ofctl against our private ovs-vswitchd (its bridge socket is in its rundir)."""
     ofctl = shutil.which("ovs-ofctl")
     if ofctl is None:
         raise RuntimeError("ovs-ofctl not installed")
-    env = {**os.environ, "OVS_RUNDIR": str(ovs.workdir)}
-    for args in (["del-flows", dc.BRIDGE],
-                 ["add-flow", dc.BRIDGE, f"in_port={dc.VHOST_PORT},actions=output:{dc.TAP_PORT}"],
-                 ["add-flow", dc.BRIDGE, f"in_port={dc.TAP_PORT},actions=output:{dc.VHOST_PORT}"]):
-        subprocess.run([ofctl, *args], check=True, capture_output=True, env=env,
-                       timeout=dc.VSCTL_TIMEOUT)
+    return subprocess.run([ofctl, *args], check=True, capture_output=True, text=True,
+                          env={**os.environ, "OVS_RUNDIR": str(ovs.workdir)},
+                          timeout=dc.VSCTL_TIMEOUT).stdout
+
+
+def ovs_flows(ovs: dc.OvsDpdk) -> None:
+    """Replace the NORMAL rule by two port-to-port rules: forwarding, not learning."""
+    ovs_ofctl(ovs, "del-flows", dc.BRIDGE)
+    for a, b in ((dc.VHOST_PORT, dc.TAP_PORT), (dc.TAP_PORT, dc.VHOST_PORT)):
+        ovs_ofctl(ovs, "add-flow", dc.BRIDGE, f"in_port={a},actions=output:{b}")
 
 
 def part1_ovs(ns: guestlib.GuestNetns, timing: Timing, work: Path,
@@ -558,7 +634,7 @@ def part1_ovs(ns: guestlib.GuestNetns, timing: Timing, work: Path,
             ovs_flows(ovs)
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
             return unavailable("OVS-DPDK", f"OVS-DPDK failed to start: {short_error(e)}")
-        backend = Backend("OVS-DPDK", sock, server=True, tap=dc.TAP_PORT)
+        backend = Backend("OVS-DPDK", sock, server=True, tap=dc.TAP_PORT, ovs=ovs)
         return backend_cases(ns, backend, timing, work, log_dir)
 
 
@@ -571,6 +647,7 @@ def ring_rate(backend: Backend, timing: Timing, log_dir: Path) -> Result:
         pmd.cmd("set txpkts 64")
         pmd.set_fwd("txonly")
         pmd.start()
+        wait_flowing(lambda: pmd.port_stats(dpdklib.VU_PORT).tx_packets)
         time.sleep(timing.warmup_s)
         t0, g0 = time.monotonic(), pmd.port_stats(dpdklib.VU_PORT)
         time.sleep(timing.window_s)
@@ -606,7 +683,7 @@ def part2(ns: guestlib.GuestNetns, timing: Timing, work: Path, log_dir: Path) ->
     return results
 
 
-# --- part 3: a real guest --------------------------------------------------------------------------
+# --- part 3: a real guest -------------------------------------------------------------------------
 
 def iperf(guest: guestlib.Guest, host: str, seconds: int, reverse: bool) -> float:
     """Gbit/s the receiving end counted (the guest is the client; -R: it receives)."""
@@ -714,13 +791,17 @@ def verdicts(results: list[Result]) -> list[Verdict]:
     return out
 
 
+# Characters of an error shown in a table cell (the JSON has all of it).
+CELL_ERROR_CHARS = 40
+
+
 def cell(r: Result, metric: str) -> str:
     if r.error:
-        return f"({r.error[:50]})"
+        return f"({r.error[:CELL_ERROR_CHARS]})"
     return fmt_pps(r.pps) if metric == "pps" else fmt_gbps(r.gbps)
 
 
-def tables(results: list[Result], vs: list[Verdict]) -> str:
+def tables(results: list[Result], vs: list[Verdict], parts: set[int]) -> str:
     def verdict_of(part: int, case: str, d: str) -> Verdict:
         return next(v for v in vs if (v.part, v.case, v.direction) == (part, case, d))
 
@@ -754,9 +835,10 @@ def tables(results: list[Result], vs: list[Verdict]) -> str:
                       v.verdict])
     t3 = tabulate(rows3, headers=["iperf3 TCP", "vionet Gbit/s", "QEMU tap Gbit/s", "ratio",
                                   "target", "result"], disable_numparse=True)
-    return (f"1. virtio_user <-> backend <-> tap: vionet vs OVS-DPDK (userspace TSO)\n{t1}\n\n"
-            f"2. raw ring speed (virtio_user txonly, backend discards)\n{t2}\n\n"
-            f"3. QEMU/TCG guest, iperf3: vionet vs QEMU's tap backend (vhost=off)\n{t3}\n")
+    text = {1: f"1. virtio_user <-> backend <-> tap: vionet vs OVS-DPDK (userspace TSO)\n{t1}\n",
+            2: f"2. raw ring speed (virtio_user txonly, backend discards)\n{t2}\n",
+            3: f"3. QEMU/TCG guest, iperf3: vionet vs QEMU's tap backend (vhost=off)\n{t3}\n"}
+    return "\n".join(text[p] for p in sorted(parts))
 
 
 def environment(timing: Timing, quick: bool) -> dict[str, Any]:
@@ -771,7 +853,8 @@ def environment(timing: Timing, quick: bool) -> dict[str, Any]:
 
 # --- the run --------------------------------------------------------------------------------------
 
-def run(timing: Timing, quick: bool, parts: set[int], out: Path, keep: Path | None) -> int:
+def run(timing: Timing, quick: bool, parts: set[int], backends: set[str], out: Path,
+        keep: Path | None) -> int:
     reason = dpdklib.dpdk_available()
     env = environment(timing, quick)
     env["loadavg_before"] = loadavg()
@@ -797,7 +880,7 @@ def run(timing: Timing, quick: bool, parts: set[int], out: Path, keep: Path | No
             (3, "guest", lambda: part3(ns, timing, work)),
         ]
         for part, name, step in steps:
-            if part not in parts:
+            if part not in parts or (part == 1 and name not in backends):
                 continue
             if reason and part in (1, 2):
                 results += (unavailable("vionet", reason) + unavailable("OVS-DPDK", reason)
@@ -813,7 +896,10 @@ def run(timing: Timing, quick: bool, parts: set[int], out: Path, keep: Path | No
     env["loadavg_steps"] = loads
     env["wall_s"] = round(time.monotonic() - t_start, 1)
     vs = verdicts(results)
-    sys.stdout.write(tables(results, vs))
+    sys.stdout.write(tables(results, vs, parts))
+    errors = sorted({f"{r.backend}: {r.error}" for r in results if r.error})
+    if errors:
+        sys.stdout.write("not measured:\n" + "".join(f"  {e}\n" for e in errors))
     sys.stdout.write(f"load average {env['loadavg_before'][0]:.2f} before, "
                      f"{env['loadavg_after'][0]:.2f} after (2 shared cores); "
                      f"{env['wall_s']:.0f} s\n")
@@ -950,6 +1036,8 @@ def main(argv: list[str] | None = None) -> int:
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short windows (about 2 minutes)")
     ap.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 1,3")
+    ap.add_argument("--backends", default="vionet,ovs",
+                    help="part 1 backends to run (vionet, ovs)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="JSON output file")
     ap.add_argument("--keep", type=Path, help="keep logs and work files in this directory")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -962,7 +1050,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every process and mount is cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     parts = {int(p) for p in args.parts.split(",") if p}
-    return run(QUICK if args.quick else FULL, args.quick, parts, args.out, args.keep)
+    backends = set(args.backends.split(","))
+    return run(QUICK if args.quick else FULL, args.quick, parts, backends, args.out, args.keep)
 
 
 if __name__ == "__main__":
