@@ -80,15 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments().parse_args(args_list)
     if args.n:
         return check_main(_check_argv(args))
-    if os.geteuid() != 0:
-        sys.stderr.write("vmdnetd: need root privileges\n")
-        return EXIT_FAILURE
     macros = dict(m.partition("=")[::2] for m in args.macros)
     try:
         config = parse_file(args.file, macros)
     except ConfigError as exc:
         for diag in exc.errors:
             sys.stderr.write(f"{diag}\n")
+        return EXIT_FAILURE
+    if os.geteuid() != 0:
+        sys.stderr.write("vmdnetd: need root privileges\n")
         return EXIT_FAILURE
     # Imported here: -n must work without pyroute2 or the C helper.
     from vmdnet.daemon.parent import Options, Parent

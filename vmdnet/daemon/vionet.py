@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmdnet.daemon.procs import stop_process
 from vmdnet.privsep.channel import Channel, socketpair
 from vmdnet.privsep.codec import (
     PARENT_ID,
@@ -102,8 +103,8 @@ class VionetProc:
                 ceiling = offload_ceiling(self.spec.offloads)
                 if body.flags & ~ceiling:
                     self.refused += 1
-                    log.warning("vionet %d: TUNSETOFFLOAD %#x outside the configured %#x",
-                                self.pid, body.flags, ceiling)
+                    log.warning("interface %d: vionet asked for TUNSETOFFLOAD %#x, outside "
+                                "the configured %#x", self.spec.iface_id, body.flags, ceiling)
                     return errno.EPERM
                 tun.set_offload(self.spec.tap_fd, body.flags)
             elif isinstance(body, TapSetVnetHdrSz) and body.size in VNET_HDR_SIZES:
@@ -152,13 +153,7 @@ class VionetProc:
 
     def stop(self) -> None:
         """SIGTERM, SIGKILL after STOP_GRACE_S; reap; close our channel end."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, STOP_GRACE_S)
         self.channel.close()
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from vmdnet.config import Vm
 from vmdnet.config.limits import MiB
+from vmdnet.daemon.procs import stop_process
 
 # QEMU retries a lost vhost-user connection this often (seconds); the parent
 # starts a new vionet when the connection arrives.
@@ -91,10 +92,4 @@ def launch(argv: list[str], uid: int, gid: int | None, paths: VmPaths) -> subpro
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM, SIGKILL after STOP_GRACE_S, reap."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, STOP_GRACE_S)

@@ -1,0 +1,132 @@
+"""The parent's side of privsep with real parts, no VMM: a real tap in a namespace,
+a real vionet child (spawned and sandboxed as vmdnetd does it), and the test
+playing a hostile child on a real SEQPACKET channel.
+
+Checked: the parent issues TUNSETOFFLOAD for requests within the interface's
+configured offloads (ethtool is the oracle) and refuses the rest with EPERM
+without touching the tap; a spawned vionet sandboxes itself, answers
+STATS_REQUEST with its counters, and exits when the parent's channel closes.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from netns import NetNS, root_skip_reason
+
+from vmdnet.daemon import netlink
+from vmdnet.daemon.vionet import VionetProc, VionetSpec, offload_ceiling, spawn
+from vmdnet.privsep import sandbox
+from vmdnet.privsep.channel import Channel, socketpair
+from vmdnet.privsep.codec import PARENT_ID, Peer, Result, TapSetOffload, TapSetVnetHdrSz
+from vmdnet.tun import caps as tcaps
+
+pytestmark = pytest.mark.root
+
+TAP = "vnpp0"
+# A vionet starts (imports, sandbox) in about a second; a loaded machine gets margin.
+CHILD_START_S = 60.0
+CHILD_EXIT_S = 30.0
+POLL_S = 0.1
+
+
+@pytest.fixture
+def ns_tap() -> Iterator[tuple[NetNS, int]]:
+    reason = root_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    ns = NetNS("privsep")
+    tap = None
+    try:
+        with ns.entered():
+            tap = netlink.open_tap(netlink.TapSpec(TAP, bytes.fromhex("fee1bad10101")))
+        yield ns, tap.fd
+    finally:
+        if tap is not None:
+            tap.close()
+        ns.close()
+
+
+def ethtool_k(ns: NetNS) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns.name, "ethtool", "-k", TAP],
+                          capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def spec(tap_fd: int, offloads: frozenset[str], tmp_path) -> VionetSpec:
+    return VionetSpec(iface_id=7, tap_fd=tap_fd, offloads=offloads,
+                      mac=bytes.fromhex("fee1bad00001"), sandbox=sandbox.ensure_user(),
+                      chroot=sandbox.ensure_empty_dir(), log_path=str(tmp_path / "vionet.log"))
+
+
+def test_offload_ceiling_follows_the_configuration() -> None:
+    assert offload_ceiling(frozenset()) == 0
+    assert offload_ceiling(frozenset({"tso4"})) == 0      # TSO without csum: nothing
+    assert offload_ceiling(frozenset({"csum", "tso4"})) == tcaps.TUN_F_CSUM | tcaps.TUN_F_TSO4
+
+
+def test_parent_checks_tap_requests(ns_tap, tmp_path) -> None:
+    ns, tap_fd = ns_tap
+    ours, theirs = socketpair()
+    parent_end = Channel(ours, Peer.PARENT, Peer.VIONET, PARENT_ID)
+    child = Channel(theirs, Peer.VIONET, Peer.PARENT, 7)
+    v = VionetProc(spec(tap_fd, frozenset({"csum", "tso4", "tso6"}), tmp_path),
+                   proc=None, channel=parent_end)  # type: ignore[arg-type]
+    try:
+        allowed = tcaps.TUN_F_CSUM | tcaps.TUN_F_TSO4
+        too_much = allowed | tcaps.TUN_F_USO4 | tcaps.TUN_F_USO6
+
+        def ask(body) -> int:
+            seq = child.send(body)
+            v.handle(parent_end.recv() or [])
+            (answer,) = child.recv() or []
+            assert answer.seq == seq and isinstance(answer.body, Result)
+            return answer.body.errno
+
+        assert ask(TapSetOffload(allowed)) == 0
+        state = ethtool_k(ns)
+        assert "tcp-segmentation-offload: on" in state, state
+        assert ask(TapSetOffload(too_much)) == errno.EPERM
+        assert v.refused == 1
+        assert "tcp-segmentation-offload: on" in ethtool_k(ns)   # unchanged
+        assert ask(TapSetOffload(0)) == 0
+        assert "tcp-segmentation-offload: off" in ethtool_k(ns)
+        assert ask(TapSetVnetHdrSz(10)) == 0
+    finally:
+        child.close()
+        parent_end.close()
+
+
+def test_spawned_vionet_sandboxes_and_reports(ns_tap, tmp_path) -> None:
+    _, tap_fd = ns_tap
+    vmm_end, conn = socket.socketpair()
+    v = spawn(spec(tap_fd, frozenset({"csum"}), tmp_path), conn)
+    conn.close()
+    try:
+        deadline = time.monotonic() + CHILD_START_S
+        while True:
+            status = open(f"/proc/{v.pid}/status").read()
+            if "Seccomp:\t2" in status:
+                break
+            assert v.proc.poll() is None, (tmp_path / "vionet.log").read_text()
+            assert time.monotonic() < deadline, "vionet never entered its sandbox"
+            time.sleep(POLL_S)
+        assert "NoNewPrivs:\t1" in status
+        stats = v.query_stats(timeout=CHILD_START_S)
+        assert stats is not None
+        assert stats["tap"]["offloads_allowed"] == ["csum"]
+        assert stats["connections"] == 1
+        # The parent goes away: the child notices and exits on its own.
+        v.channel.close()
+        v.proc.wait(CHILD_EXIT_S)
+        assert v.proc.returncode == 3, (tmp_path / "vionet.log").read_text()
+    finally:
+        if v.proc.poll() is None:
+            v.proc.kill()
+            v.proc.wait()
+        vmm_end.close()
+        v.channel.close()  # idempotent
