@@ -36,6 +36,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +49,7 @@ from netns import root_skip_reason
 from pktlib import IPPROTO_TCP, IPPROTO_UDP, eth, ipv4, tcp, udp
 from vhost_frontend import (
     DATA_OFF,
+    DESC,
     GPA_BASE,
     NOT_ACKED,
     RAM_SIZE,
@@ -532,6 +534,25 @@ def test_rx_ring_broken(vionet: Vionet, device: Device) -> None:
     assert_survives(vionet)
 
 
+def test_vring_base_out_of_range(vionet: Vionet, device: Device) -> None:
+    """SET_VRING_BASE far from the guest's avail->idx: the ring is broken from the start."""
+    tx = device.tx
+    before = vionet.stats()
+    device.fe.get_vring_base(TX)
+    device.fe.start_ring(tx, base=1000)
+    tx.post_tx(plain_hdr() + udp_frame(b"after a bad base"))
+    tx.kick()
+    after = vionet.wait_stats(
+        lambda s: (delta(before, s, "tx", "ring_errors", "avail_idx") >= 1
+                   and delta(before, s, "ring_resets") >= 1), "avail_idx ring error and reap")
+    assert nonzero_deltas(before, after, "tx", "ring_errors") == {"avail_idx": 1}
+    assert delta(before, after, "ring_resets") == 1
+    device.fe.restart_ring(tx)
+    send_good(vionet, tx)
+    device.close()
+    assert_survives(vionet)
+
+
 # --- bad packets: dropped, counted by reason, the next good one goes through -------
 def bad_desc(addr: int, length: int, flags: int = 0) -> Callable[[GuestRam], list]:
     return lambda ram: [(addr, length, flags)]
@@ -556,7 +577,20 @@ def header_split_short(ram: GuestRam) -> list:
 OUTSIDE = GPA_BASE + RAM_SIZE + 0x1000   # a guest physical address past the end of RAM
 DATA = GPA_BASE + DATA_OFF               # a guest physical address inside RAM
 TCP_PAYLOAD = bytes(3000)
+def more_pieces_than_iovecs(ram: GuestRam) -> list:
+    """200 one-byte descriptors, then an indirect table of 1024 more: past the iovec limit."""
+    gpa = ram.put(bytes(64))
+    table = ram.gpa + ram.alloc(16 * MAX_INDIRECT)
+    ram.write(table - ram.gpa, b"".join(
+        DESC.pack(gpa, 1, VRING_DESC_F_NEXT if i + 1 < MAX_INDIRECT else 0, i + 1)
+        for i in range(MAX_INDIRECT)))
+    return [(gpa, 1, 0)] * 200 + [(table, 16 * MAX_INDIRECT, VRING_DESC_F_INDIRECT)]
+
+
+MAX_INDIRECT = 1024     # csrc/vn_vring.h VN_MAX_INDIRECT: the longest indirect table taken
 TX_DROP_CASES: dict[str, tuple[Callable[[GuestRam], list], str]] = {
+    "more_pieces_than_iovecs": (more_pieces_than_iovecs, "too_many_iov"),
+    "all_descriptors_zero_length": (lambda ram: [(DATA, 0, 0)] * 3, "hdr_short"),
     "desc_addr_outside_memory": (bad_desc(OUTSIDE, 64), "desc_addr"),
     "desc_addr_straddles_end": (bad_desc(GPA_BASE + RAM_SIZE - 16, 64), "desc_addr"),
     "desc_addr_wraps_64bit": (bad_desc(0xFFFF_FFFF_FFFF_FFF0, 64), "desc_addr"),
@@ -902,6 +936,71 @@ def test_second_vmm_waits_and_is_served_next(vionet: Vionet) -> None:
     finally:
         second.close()
         dev.close()
+    assert_survives(vionet)
+
+
+# --- the memory table replaced under running rings ---------------------------------
+def test_memory_table_replaced_while_running(vionet: Vionet, device: Device) -> None:
+    """A VMM may send SET_MEM_TABLE again (hotplug): the same RAM again keeps rings going."""
+    send_good(vionet, device.tx)
+    assert device.fe.set_mem_table([device.ram.region()]) == 0
+    send_good(vionet, device.tx)
+    device.close()
+    assert_survives(vionet)
+
+
+def test_memory_table_moved_away_from_running_rings(vionet: Vionet, device: Device) -> None:
+    """A new table that no longer holds the running rings is refused: protocol error."""
+    before = vionet.stats()
+    moved = device.ram.region(userspace_addr=device.ram.uaddr + 2 * RAM_SIZE)
+    with pytest.raises(BackendClosed):
+        device.fe.set_mem_table([moved])
+    device.fe.expect_closed()
+    after = vionet.wait_stats(lambda s: delta(before, s, "disconnects") >= 1, "disconnect")
+    assert delta(before, after, "protocol_errors") == 1
+    device.close()
+    assert_survives(vionet)
+
+
+# --- malformed messages ------------------------------------------------------------
+def _raw(request: int, payload: bytes = b"", flags: int = P.VHOST_USER_VERSION,
+         size: int | None = None) -> bytes:
+    return P.HEADER.pack(request, flags, len(payload) if size is None else size) + payload
+
+
+MALFORMED: dict[str, tuple[bytes, int]] = {      # message bytes, fds to attach
+    "unknown_request": (_raw(99), 0),
+    "version_0": (_raw(Request.GET_FEATURES, flags=0), 0),
+    "reply_flag_from_frontend": (_raw(Request.GET_FEATURES, flags=P.VHOST_USER_VERSION
+                                      | P.VHOST_USER_REPLY_MASK), 0),
+    "payload_size_wrong": (_raw(Request.SET_FEATURES, bytes(4)), 0),
+    "payload_size_huge": (_raw(Request.SET_FEATURES, size=0xFFFF_FFFF), 0),
+    "features_not_offered": (_raw(Request.SET_FEATURES, P.U64.pack(1 << 63)), 0),
+    "kick_reserved_bits": (_raw(Request.SET_VRING_KICK, P.U64.pack(1 << 20 | TX)), 1),
+    "kick_without_fd": (_raw(Request.SET_VRING_KICK, P.U64.pack(TX)), 0),
+    "fd_on_get_features": (_raw(Request.GET_FEATURES), 1),
+    "nine_fds": (_raw(Request.SET_VRING_CALL, P.U64.pack(TX)), 9),
+    "mem_table_lies_about_count": (_raw(Request.SET_MEM_TABLE, P.MEMORY_HEADER.pack(3, 0)
+                                        + bytes(P.MEMORY_REGION.size)), 1),
+    "vring_enable_2": (_raw(Request.SET_VRING_ENABLE, P.VRING_STATE.pack(TX, 2)), 0),
+    "log_base_unsupported": (_raw(Request.SET_LOG_BASE, bytes(16)), 0),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_message(vionet: Vionet, name: str) -> None:
+    msg, nfds = MALFORMED[name]
+    fds = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(nfds)]
+    try:
+        def step(fe: Frontend) -> None:
+            fe.negotiate()
+            fe.sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                     struct.pack(f"{nfds}i", *fds))] if fds else [])
+            fe.reply(P.HEADER.unpack_from(msg)[0])
+        expect_protocol_error(vionet, step)
+    finally:
+        for fd in fds:
+            os.close(fd)
     assert_survives(vionet)
 
 

@@ -171,11 +171,24 @@ class Vionet:
                                            self.tx_stats)
         else:
             path = RxPath(vring, self.mem, self.tap_fd, self._config(False), self.rx_stats)
+        if vring.broken:
+            self._count_setup_break(cfg.index, vring, path)
         q = _Queue(vring, path)
         self.queues[cfg.index] = q
         self._resume(q)
         log.info("vring %d (%s) started: %d entries, base %d", cfg.index,
                  "tx" if tx else "rx", cfg.num, cfg.base)
+
+    def _count_setup_break(self, index: int, vring: Vring, path: TxPath | RxPath) -> None:
+        """Count a ring broken by its setup (SET_VRING_BASE far from the guest's
+        avail->idx): no batch runs on it to count it, so count it here as a batch
+        and the reap would, a ring error and a reset; it stays stopped until the
+        VMM sets it up again."""
+        assert vring.broken is not None
+        path.stats.c.ring_errors[int(vring.broken)] += 1
+        self.counters["ring_resets"] += 1
+        log.warning("vring %d broken at setup: %s; stopped until the VMM sets it up again",
+                    index, vring.broken.name)
 
     def _fds_changed(self, ev: VringFdsChanged) -> None:
         q = self.queues.get(ev.index)
