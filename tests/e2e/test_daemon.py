@@ -258,6 +258,9 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def daemon(image: GuestImage, ns: GuestNetns, workdir: Path) -> Iterator[Daemon]:
+    # The config names the unprivileged user (socket group, beta's owner): it must exist
+    # before the file is parsed. vmdnetd would create it too, but only after parsing.
+    sandbox.ensure_user(sandbox.DEFAULT_USER)
     conf = workdir / "vmdnet.conf"
     conf.write_text(config_text(image))
     d = Daemon(ns, workdir, conf)

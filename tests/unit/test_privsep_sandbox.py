@@ -5,12 +5,19 @@ sandboxed process tries what it must not be able to do."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import socket
 import tempfile
 
 import pytest
+from netns import NetNS, root_skip_reason
 
 from vmdnet.privsep import sandbox
+from vmdnet.tun import open_tap
+
+# <linux/if_tun.h>: _IOW('T', 208, unsigned int)
+TUNSETOFFLOAD = 0x400454D0
 
 pytestmark = pytest.mark.root
 
@@ -19,9 +26,7 @@ CHILD_TIMEOUT_S = 30
 
 
 def skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (setresuid, chroot)"
-    return None
+    return root_skip_reason()
 
 
 def status_fields(pid: int) -> dict[str, str]:
@@ -33,12 +38,14 @@ def status_fields(pid: int) -> dict[str, str]:
     return out
 
 
-def child_attempts() -> list[str]:
+def child_attempts(tap_fd: int) -> list[str]:
     """What a sandboxed vionet must not manage; each entry is 'what:errno'."""
     results = []
     for what, fn in (("open-tun", lambda: os.open("/dev/net/tun", os.O_RDWR)),
                      ("open-any", lambda: os.open("/", os.O_RDONLY)),
-                     ("setuid0", lambda: os.setuid(0))):
+                     ("setuid0", lambda: os.setuid(0)),
+                     ("tunsetoffload", lambda: fcntl.ioctl(tap_fd, TUNSETOFFLOAD, 0)),
+                     ("socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))):
         try:
             fn()
             results.append(f"{what}:ok")
@@ -52,6 +59,19 @@ def test_enter_sandbox_in_a_child() -> None:
     if reason:
         pytest.skip(reason)
     ids = sandbox.ensure_user(sandbox.DEFAULT_USER)
+    ns = NetNS("sandbox")
+    try:
+        with ns.entered():
+            tap = open_tap("vnsb0")
+        try:
+            run_sandboxed_child(ids, tap.fd)
+        finally:
+            tap.close()
+    finally:
+        ns.close()
+
+
+def run_sandboxed_child(ids: sandbox.Ids, tap_fd: int) -> None:
     root = tempfile.mkdtemp(prefix="vn-sandbox-")
     os.chmod(root, 0o755)
     report_r, report_w = os.pipe()
@@ -60,13 +80,13 @@ def test_enter_sandbox_in_a_child() -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            sandbox.enter_sandbox(ids, root, keep_fds={0, 1, 2, report_w, go_r})
+            sandbox.enter_sandbox(ids, root, keep_fds={0, 1, 2, report_w, go_r, tap_fd})
             try:
                 os.fstat(leak)
                 leaked = "leak:open"
             except OSError:
                 leaked = "leak:closed"
-            os.write(report_w, " ".join([leaked, *child_attempts()]).encode() + b"\n")
+            os.write(report_w, " ".join([leaked, *child_attempts(tap_fd)]).encode() + b"\n")
             os.read(go_r, 1)
         finally:
             os._exit(0)
@@ -82,7 +102,8 @@ def test_enter_sandbox_in_a_child() -> None:
         assert st["NoNewPrivs"] == "1"
         assert st["Seccomp"] == "2"
         assert os.readlink(f"/proc/{pid}/root") == root
-        assert report == ["leak:closed", "open-tun:EPERM", "open-any:EPERM", "setuid0:EPERM"]
+        assert report == ["leak:closed", "open-tun:EPERM", "open-any:EPERM", "setuid0:EPERM",
+                          "tunsetoffload:EPERM", "socket:EPERM"]
     finally:
         os.write(go_w, b"x")
         os.close(go_w)
