@@ -55,7 +55,8 @@
  * Bad chains (fault from the walk, RX buffer shorter than the header) are
  * returned with length 0 and counted; a broken ring stops the call with
  * -EIO, after making visible what was already completed.  Used elements are
- * published once per batch, then the guest is notified per EVENT_IDX rules.
+ * published once per batch (TX: also every TX_PUBLISH_EVERY chains within
+ * it), then the guest is notified per EVENT_IDX rules.
  */
 #define _GNU_SOURCE
 #include <endian.h>
@@ -206,6 +207,15 @@ static void finish_batch(struct vn_vring *vq, struct vn_stats *st, uint16_t used
 }
 
 /* ---- TX ---- */
+
+/*
+ * Within one TX batch, make the used elements visible to the guest every
+ * this many chains (no notification: that stays once per batch).  A guest
+ * driver that polls (DPDK) refills the ring while a long batch still runs;
+ * publishing only at the end left a 256-entry ring full for the whole of a
+ * 256-chain batch, and the guest stalled until it ended.
+ */
+#define TX_PUBLISH_EVERY 32u
 
 enum tx_result { TX_DONE, TX_AGAIN };
 
@@ -504,6 +514,8 @@ int vn_tx_drain(struct vn_vring *vq, const struct vn_mem *mem, int tap_fd,
 		vq->last_avail_idx++;
 		st->chains++;
 		done++;
+		if (done % TX_PUBLISH_EVERY == 0)
+			vn_vring_publish(vq);
 	}
 	finish_batch(vq, st, used_before);
 	if (vq->broken) {
