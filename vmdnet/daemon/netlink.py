@@ -69,20 +69,26 @@ def _set_group(ipr: IPRoute, idx: int, group: str | None) -> None:
         ipr.link("set", index=idx, ifalias=ALIAS_PREFIX + group)
 
 
-def ensure_bridge(ifname: str, group: str | None, up: bool) -> None:
-    """Create bridge IFNAME if missing (STP off), set its group and state."""
+def ensure_bridge(ifname: str, group: str | None, up: bool) -> bool:
+    """Create bridge IFNAME if missing (STP off), set its group and state.
+
+    True if it was created here (and so is ours to delete).
+    """
     valid_ifname(ifname)
+    created = False
     try:
         with IPRoute() as ipr:
             idx = _index(ipr, ifname)
             if idx is None:
                 ipr.link("add", ifname=ifname, kind="bridge", br_stp_state=0)
                 idx = _index(ipr, ifname)
+                created = True
                 log.info("created bridge %s", ifname)
             _set_group(ipr, idx, group)
             ipr.link("set", index=idx, state="up" if up else "down")
     except NetlinkError as exc:
         raise NetError(f"bridge {ifname}: {exc}") from exc
+    return created
 
 
 def delete_link(ifname: str) -> None:

@@ -62,6 +62,12 @@ HOST_MAC_PREFIX = bytes.fromhex("fee1bad1")
 MAC_BYTE = 0xFF
 # Local interfaces take a /31 each out of `local prefix`.
 LOCAL_PREFIXLEN = 31
+# VM states shown by status.
+STATE_RUNNING = "running"
+STATE_NO_VMM = "running (no VMM)"  # nothing to boot: interfaces for an external VMM
+STATE_STOPPED = "stopped"
+STATE_EXITED = "exited"  # the VMM ended by itself
+STATE_DISABLED = "disabled"  # "disable" in the configuration, never started
 
 
 @dataclass
@@ -107,8 +113,12 @@ class VmState:
     paths: vmm.VmPaths
     ifaces: list[IfaceState] = field(default_factory=list)
     proc: Any = None
-    state: str = "stopped"
+    state: str = STATE_STOPPED
     last_exit: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state in (STATE_RUNNING, STATE_NO_VMM)
 
 
 def backoff(failures: int) -> float:
@@ -125,7 +135,7 @@ class Parent:
         self.opts = opts
         self.sel = selectors.DefaultSelector()
         self.vms: dict[str, VmState] = {}
-        self.bridges: set[str] = set()
+        self.bridges: set[str] = set()  # the bridges this daemon created
         self.clients: dict[int, control.Client] = {}
         self.running = True
         self._next_vm_id = 1
@@ -179,9 +189,9 @@ class Parent:
     # --- switches ----------------------------------------------------------------
     def _apply_switches(self, config: Config) -> None:
         for sw in config.switches:
-            if sw.enabled:
-                netlink.ensure_bridge(sw.ifname, sw.group, sw.up)
+            if sw.enabled and netlink.ensure_bridge(sw.ifname, sw.group, sw.up):
                 self.bridges.add(sw.ifname)
+        # Only bridges created here are deleted; one that existed before is left alone.
         wanted = {sw.ifname for sw in config.switches if sw.enabled}
         for br in sorted(self.bridges - wanted):
             netlink.delete_link(br)
@@ -208,7 +218,7 @@ class Parent:
 
     def start_vm(self, vm: Vm) -> None:
         """Taps, listeners and the VMM of VM."""
-        if vm.name in self.vms and self.vms[vm.name].state == "running":
+        if vm.name in self.vms and self.vms[vm.name].running:
             return
         old = self.vms.get(vm.name)
         st = VmState(old.id if old else self._take_vm_id(), vm,
@@ -220,9 +230,9 @@ class Parent:
         st.ifaces = list(self._ifaces(st))
         for ifs in st.ifaces:
             self._open_iface(ifs, uid, gid)
-        st.state = "running"
+        st.state = STATE_RUNNING
         if vm.boot is None and not vm.disks:
-            st.state = "running (no VMM: nothing to boot)"
+            st.state = STATE_NO_VMM
             return
         nics = [(ifs.sock_path, ifs.mac) for ifs in st.ifaces]
         g = self.config.globals.vmm
@@ -295,7 +305,7 @@ class Parent:
         for ifs in st.ifaces:
             self._close_iface(ifs)
         st.ifaces = []
-        st.state = "stopped"
+        st.state = STATE_STOPPED
         log.info("vm %s stopped", name)
 
     def _close_iface(self, ifs: IfaceState) -> None:
@@ -405,7 +415,7 @@ class Parent:
                 st.last_exit = st.proc.returncode
                 log.warning("vm %s: VMM exited with %s", st.conf.name, st.last_exit)
                 st.proc = None
-                st.state = "exited"
+                st.state = STATE_EXITED
 
     # --- commands -------------------------------------------------------------------
     def handle(self, req: Request) -> Any:
@@ -442,7 +452,7 @@ class Parent:
             out.append({
                 "id": st.id if st else None, "name": vm.name,
                 "pid": st.proc.pid if st and st.proc else None,
-                "state": st.state if st else ("stopped" if vm.enabled else "disabled"),
+                "state": st.state if st else (STATE_STOPPED if vm.enabled else STATE_DISABLED),
                 "owner": owner, "memory": vm.memory,
                 "interfaces": [{"tap": i.ifname, "vionet_pid": i.vionet.pid if i.vionet else None}
                                for i in (st.ifaces if st else [])],
@@ -470,7 +480,7 @@ class Parent:
     def cmd_start(self, name: str) -> str:
         (vm,) = self._selected(name)
         st = self.vms.get(name)
-        if st is not None and st.state.startswith("running"):
+        if st is not None and st.running:
             raise control.CommandFailed(f"vm {name} is already running")
         if st is not None:
             self.stop_vm(name)
@@ -482,7 +492,7 @@ class Parent:
     def cmd_stop(self, name: str) -> str:
         self._selected(name)
         st = self.vms.get(name)
-        if st is None or not st.state.startswith("running"):
+        if st is None or not st.running:
             raise control.CommandFailed(f"vm {name} is not running")
         self.stop_vm(name)
         return f"vm {name} stopped"

@@ -1,0 +1,210 @@
+"""vmdnetd with an external VMM (`vhost-user socket PATH`, no `boot`): the test is the VMM.
+
+No QEMU: the test connects to the interface's vhost-user socket itself and speaks
+enough vhost-user (GET_FEATURES) to see that a vionet serves it. The daemon is
+started without -d, so it detaches as in production; its PID comes from
+SO_PEERCRED on a control connection and it is stopped by that PID.
+
+Checked: the detached daemon answers; a VMM connection gets a sandboxed vionet
+that answers vhost-user; a second connection replaces it; a killed vionet is
+replaced on the next connection; stop removes the tap and the socket; SIGTERM
+removes the bridge it created and the control socket. Namespace vn-daemon-ext-<pid>.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from guestlib import GuestNetns, remove_stale_netns
+
+from vmdnet.cli.main import ask
+from vmdnet.daemon.control import UCRED
+from vmdnet.daemon.parent import BACKOFF_MAX_S, STATE_NO_VMM, STATE_STOPPED, backoff
+from vmdnet.privsep import sandbox
+from vmdnet.privsep.control import Request
+
+pytestmark = [pytest.mark.root]
+
+NS_PREFIX = "vn-daemon-ext-"
+BRIDGE = "vnbrx0"
+TAP = "vndx0"
+# Bounds for a loaded machine, never part of an assertion.
+START_S = 60.0
+STOP_S = 60.0
+POLL_S = 0.1
+# vhost-user: VHOST_USER_GET_FEATURES, flags version 1; the reply has the REPLY bit.
+GET_FEATURES = 1
+VHOST_USER_VERSION = 0x1
+VHOST_USER_REPLY = 0x4
+VHOST_HEADER = struct.Struct("=III")
+VIRTIO_F_VERSION_1 = 1 << 32
+
+
+def skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (namespaces, taps, setresuid)"
+    if not os.path.exists("/dev/net/tun"):
+        return "no /dev/net/tun"
+    return None
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    delays = [backoff(n) for n in range(12)]
+    assert delays[:4] == [0.0, 0.5, 1.0, 2.0]
+    assert delays[-1] == BACKOFF_MAX_S and sorted(delays) == delays
+
+
+class ExternalSetup:
+    def __init__(self, workdir: Path, ns: GuestNetns) -> None:
+        self.ns = ns
+        self.sock = str(workdir / "ext.sock")
+        self.ctl = str(workdir / "ctl.sock")
+        self.conf = workdir / "vmdnet.conf"
+        self.conf.write_text(f"""switch "lan" {{
+	interface "{BRIDGE}"
+}}
+vm "ext" {{
+	interface "{TAP}" {{
+		switch "lan"
+		vhost-user socket "{self.sock}"
+		offload {{ csum }}
+	}}
+}}
+""")
+        self.daemon_pid: int | None = None
+        self.seen: set[int] = set()
+        res = ns.run([sys.executable, "-m", "vmdnet.daemon", "-f", str(self.conf), "-r",
+                      str(workdir / "run"), "-s", self.ctl], timeout=START_S)
+        assert res.returncode == 0, res.stderr
+        deadline = time.monotonic() + START_S
+        while not os.path.exists(self.ctl):
+            assert time.monotonic() < deadline, "the detached daemon made no control socket"
+            time.sleep(POLL_S)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(self.ctl)
+            pid, _, _ = UCRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                  UCRED.size))
+        self.daemon_pid = pid
+
+    def status(self) -> dict:
+        (vm,) = ask(self.ctl, Request("status"))
+        pid = vm["interfaces"][0]["vionet_pid"] if vm["interfaces"] else None
+        if pid:
+            self.seen.add(pid)
+        return vm
+
+    def vionet_pid(self, not_pid: int | None = None) -> int:
+        deadline = time.monotonic() + START_S
+        while time.monotonic() < deadline:
+            pid = self.status()["interfaces"][0]["vionet_pid"]
+            if pid is not None and pid != not_pid:
+                return pid
+            time.sleep(POLL_S)
+        raise AssertionError("no (new) vionet")
+
+    def close(self) -> None:
+        if self.daemon_pid is not None and Path(f"/proc/{self.daemon_pid}").exists():
+            os.kill(self.daemon_pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_S
+            while Path(f"/proc/{self.daemon_pid}").exists() and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+            if Path(f"/proc/{self.daemon_pid}").exists():
+                os.kill(self.daemon_pid, signal.SIGKILL)
+        for pid in self.seen:
+            try:
+                if b"vmdnet.vionet.main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[ExternalSetup]:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    remove_stale_netns(NS_PREFIX)
+    ns = GuestNetns(f"{NS_PREFIX}{os.getpid()}")
+    ext = None
+    try:
+        ext = ExternalSetup(tmp_path, ns)
+        yield ext
+    finally:
+        if ext is not None:
+            ext.close()
+        ns.close()
+
+
+def vmm_connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(START_S)
+    s.connect(path)
+    return s
+
+
+def get_features(s: socket.socket) -> int:
+    s.sendall(VHOST_HEADER.pack(GET_FEATURES, VHOST_USER_VERSION, 0))
+    data = b""
+    while len(data) < VHOST_HEADER.size + 8:
+        chunk = s.recv(64)
+        assert chunk, "vionet closed the connection"
+        data += chunk
+    request, flags, size = VHOST_HEADER.unpack_from(data)
+    assert (request, size) == (GET_FEATURES, 8) and flags & VHOST_USER_REPLY
+    return struct.unpack_from("=Q", data, VHOST_HEADER.size)[0]
+
+
+def test_external_vmm_lifecycle(setup: ExternalSetup) -> None:
+    vm = setup.status()
+    assert vm["state"] == STATE_NO_VMM and vm["pid"] is None
+    assert vm["interfaces"][0]["vionet_pid"] is None       # no VMM connected yet
+    first = vmm_connect(setup.sock)
+    pid1 = setup.vionet_pid()
+    assert get_features(first) & VIRTIO_F_VERSION_1
+    status = Path(f"/proc/{pid1}/status").read_text()
+    user = sandbox.lookup_user(sandbox.DEFAULT_USER)
+    assert user is not None and f"Uid:\t{user.uid}\t" in status and "Seccomp:\t2" in status
+
+    # A new connection (the VMM restarted): the old vionet makes way.
+    second = vmm_connect(setup.sock)
+    pid2 = setup.vionet_pid(not_pid=pid1)
+    assert get_features(second) & VIRTIO_F_VERSION_1
+    assert first.recv(64) == b""                            # its vionet is gone
+    first.close()
+
+    # A killed vionet: its connection drops; the next one gets a new vionet.
+    os.kill(pid2, signal.SIGKILL)
+    assert second.recv(64) == b""
+    second.close()
+    third = vmm_connect(setup.sock)
+    pid3 = setup.vionet_pid(not_pid=pid2)
+    assert get_features(third) & VIRTIO_F_VERSION_1
+    ifaces = ask(setup.ctl, Request("show-interfaces"))
+    assert ifaces[0]["vionet_starts"] == 3 and ifaces[0]["stats"]["connections"] == 1
+
+    # stop: the vionet, the tap and the socket go away.
+    assert "stopped" in ask(setup.ctl, Request("stop", "ext"))
+    assert setup.status()["state"] == STATE_STOPPED
+    assert third.recv(64) == b""
+    third.close()
+    assert not Path(f"/proc/{pid3}").exists() or b"vionet" not in \
+        Path(f"/proc/{pid3}/cmdline").read_bytes()
+    assert not os.path.exists(setup.sock)
+    assert setup.ns.run(["ip", "link", "show", TAP], check=False).returncode != 0
+
+    # SIGTERM: the daemon removes the bridge it made and its control socket.
+    os.kill(setup.daemon_pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_S
+    while Path(f"/proc/{setup.daemon_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    assert not Path(f"/proc/{setup.daemon_pid}").exists()
+    assert not os.path.exists(setup.ctl)
+    assert setup.ns.run(["ip", "link", "show", BRIDGE], check=False).returncode != 0
