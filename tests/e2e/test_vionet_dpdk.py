@@ -2,21 +2,24 @@
 
 Issue 3, proof 2.  testpmd's virtio_user port is the guest; vmdnet-vionet is
 the vhost-user backend and owns tap A (``vnvd0``).  Tap A and tap B
-(``vnvdb0``, opened here without a vnet header, so it takes no offload) are
-ports of one bridge in the namespace ``vn-vdpdk-<pid>``.  The kernel is the
-oracle on both sides:
+(``vnvdb0``, opened here with a vnet header and TUNSETOFFLOAD 0: it takes no
+offload, but GSO frames can be written to it) are ports of one bridge in the
+namespace ``vn-vdpdk-<pid>``.  The kernel is the oracle on both sides:
 
 * TX (guest -> tap): frames sent by virtio_user arrive on tap B, read raw.
   Plain 64 B and 1514 B frames must arrive byte for byte; TSO super-frames
-  (64 KiB TCP, ``tso set 1448``) must arrive as segments of at most MSS
+  (64 KiB TCP, ``tso set 1440``) must arrive as segments of at most MSS
   payload, every checksum valid (`vmdnet.offload.verify`), reassembling to
   the payload sent.  Tap A's rx counters show what vionet wrote: one GSO
   packet per super-frame when the vnet header is passed through (the kernel
   segments on the way to tap B), one packet per segment when vionet segments
   in C (``--offloads csum`` and ``--no-vnet-hdr``), which vionet's TX
   counters (sw_segmented / sw_segments) must confirm.
-* RX (tap -> guest): frames written to tap B reach virtio_user, which io-
-  forwards them into a pcap capture: same count, same bytes.
+* RX (tap -> guest): 64 B and 1514 B frames written to tap B reach
+  virtio_user, which io-forwards them into a pcap capture: same count, same
+  bytes.  64 KiB GSO frames written to tap B reach the guest whole (LRO,
+  merged buffers) where vionet offers GUEST_TSO4/6, as MSS segments where it
+  does not (testpmd's verbose dump gives the sizes).
 * Reconnect: testpmd is SIGKILLed (by PID) in the middle of sending; vionet
   logs "VMM disconnected", keeps running, accepts the next testpmd, and its
   traffic arrives complete.
@@ -58,7 +61,13 @@ import pytest
 from guestlib import GuestNetns
 
 from vmdnet.offload import verify
-from vmdnet.tun.linux import open_tap
+from vmdnet.tun.linux import open_tap, set_offload
+from vmdnet.virtio.net_hdr import (
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
+    VnetHdr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +92,25 @@ SUPER_SEGMENTS = d.TSO_SEGMENTS  # 45 segments: about Linux's 64 KiB GSO packet
 PLAIN_FRAMES = 20000
 # Super-frames per offload case (x 45 segments each on tap B), plus small frames.
 SUPER_FRAMES = 40
-RX_FRAMES = 4000
-# RX is written into tap B in bursts no larger than tap A's queue can hold while
-# vionet catches up (tun drops what does not fit in its queue).
-RX_BURST = 256
+RX_FRAMES = 2000
+# RX is written into tap B in bursts, the next one only once the guest has
+# received the last: a burst then always finds guest buffers (virtio_user posts
+# 256; vionet drops what waits for buffers longer than 20 ms, which a
+# descheduled testpmd on 2 busy cores could otherwise cause).
+RX_BURST = 128
+# GSO super-frames towards the guest, and per burst: 4 x 32 buffers of 2 KiB
+# (merged) or 4 x 45 segments stay within the 256 the guest posts.
+RX_SUPER_FRAMES = 20
+RX_SUPER_BURST = 4
 TAP_A_TXQLEN = 4096
+# Tap B speaks virtio_net_hdr (12 B) so that the host side can write GSO frames.
+VNET_HDR_SZ = 12
+PLAIN_HDR = bytes(VNET_HDR_SZ)
 # Tap B's queue: everything one case sends (PLAIN_FRAMES, SUPER_FRAMES x 45 + smalls).
 TAP_B_TXQLEN = 65536
-# Largest read from tap B: a 64 KiB frame (the tap has no vnet header).
-READ_MAX = 65536 + 64
+# Largest read from tap B: its vnet header and a 64 KiB frame (it takes no
+# offload, so in practice one MTU-sized frame).
+READ_MAX = VNET_HDR_SZ + 65536 + 64
 # The reconnect case: frames in flight when testpmd is killed.
 RECONNECT_FRAMES = 200000
 RECONNECT_AFTER = 2000  # kill once virtio_user has sent at least this many
@@ -134,8 +153,12 @@ def payload(n: int, seed: int) -> bytes:
 
 
 def l4_frame(body: bytes, *, v6: bool, proto: int, to_guest: bool = False,
-             seq: int = 1000, sport: int = 40000) -> bytes:
-    """A TCP (PSH|ACK) or UDP frame with correct checksums, guest <-> host."""
+             seq: int = 1000, sport: int = 40000, seed_only: bool = False) -> bytes:
+    """A TCP (PSH|ACK) or UDP frame with correct checksums, guest <-> host.
+
+    seed_only: the L4 check field holds what a NEEDS_CSUM sender writes (the
+    folded, non-inverted pseudo-header sum over the full L4 length).
+    """
     src, dst = (GUEST6, HOST6) if v6 else (GUEST4, HOST4)
     smac, dmac = GUEST_MAC, HOST_MAC
     if to_guest:
@@ -145,8 +168,8 @@ def l4_frame(body: bytes, *, v6: bool, proto: int, to_guest: bool = False,
     else:
         l4, coff = pktlib.udp(sport=sport, length=UDP_HLEN + len(body)) + body, UDP_CHECK_OFF
     s, t = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
-    c = ~pktlib.ref_checksum(l4, pktlib.pseudo_sum(6 if v6 else 4, s, t, proto, len(l4)))
-    c &= 0xFFFF
+    seed = pktlib.pseudo_sum(6 if v6 else 4, s, t, proto, len(l4))
+    c = seed if seed_only else ~pktlib.ref_checksum(l4, seed) & 0xFFFF
     if c == 0:
         # A computed zero is stored as 0 or 0xffff depending on who completes it
         # (DESIGN: oracle pitfalls): keep such frames out of byte-exact checks.
@@ -170,10 +193,21 @@ def sized_frame(length: int, *, v6: bool, proto: int, to_guest: bool = False,
     raise AssertionError("no frame without a zero checksum")
 
 
-def superframe(*, v6: bool, seq: int) -> bytes:
+def superframe(*, v6: bool, seq: int, to_guest: bool = False,
+               seed_only: bool = False) -> bytes:
     """A TCP frame of SUPER_SEGMENTS x MSS payload for TSO to cut."""
     return l4_frame(payload(MSS * SUPER_SEGMENTS, seq), v6=v6, proto=IPPROTO_TCP, seq=seq,
-                    sport=41000 + seq % 1000)
+                    sport=41000 + seq % 1000, to_guest=to_guest, seed_only=seed_only)
+
+
+def gso_write(frame: bytes) -> bytes:
+    """`frame` (checksum seeded) as one GSO write: virtio_net_hdr TCPV4/6, NEEDS_CSUM."""
+    p = parse_tcp(frame)
+    assert p is not None
+    return VnetHdr(flags=VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                   gso_type=VIRTIO_NET_HDR_GSO_TCPV6 if p.v6 else VIRTIO_NET_HDR_GSO_TCPV4,
+                   hdr_len=p.payload_off, gso_size=MSS, csum_start=p.l4_off,
+                   csum_offset=TCP_CHECK_OFF).pack(VNET_HDR_SZ) + frame
 
 
 def small_frames(to_guest: bool = False) -> list[bytes]:
@@ -275,7 +309,8 @@ def mismatch(got: Sequence[bytes], want: Sequence[bytes]) -> str | None:
         return f"{len(got)} frames, expected {len(want)}"
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         if g != w:
-            at = next((j for j, (a, b) in enumerate(zip(g, w)) if a != b), min(len(g), len(w)))
+            common = min(len(g), len(w))
+            at = next((j for j in range(common) if g[j] != w[j]), common)
             return (f"frame {i}: {len(g)} B, expected {len(w)} B; first difference at byte "
                     f"{at}: {g[at:at + 8].hex()} != {w[at:at + 8].hex()}")
     return None
@@ -293,8 +328,9 @@ class TapReader:
         self.stray = 0  # frames from other sources (the test's namespace should have none)
 
     def _read_one(self) -> bytes | None:
+        """One frame, its (all-zero: no offloads) vnet header stripped."""
         try:
-            return os.read(self.fd, READ_MAX)
+            return os.read(self.fd, READ_MAX)[VNET_HDR_SZ:]
         except BlockingIOError:
             return None
 
@@ -322,8 +358,9 @@ class TapReader:
                     self.stray += 1
         return frames
 
-    def write(self, frame: bytes) -> None:
-        os.write(self.fd, frame)
+    def write(self, frame: bytes, hdr: bytes = PLAIN_HDR) -> None:
+        """Write one frame as the host side (hdr: its virtio_net_hdr)."""
+        os.write(self.fd, hdr + frame)
 
 
 @dataclass
@@ -424,7 +461,9 @@ def bench() -> Iterator[Bench]:
         ns.run(["ip", "link", "add", BRIDGE, "type", "bridge", "stp_state", "0",
                 "mcast_snooping", "0"])
         ns.run(["ip", "link", "set", BRIDGE, "up"])
-        fd = in_netns(NS_NAME, lambda: open_tap(TAP_B, vnet_hdr=False, nonblock=True).fd)
+        fd = in_netns(NS_NAME, lambda: open_tap(TAP_B, vnet_hdr_sz=VNET_HDR_SZ,
+                                                nonblock=True).fd)
+        set_offload(fd, 0)  # the kernel segments and checksums everything for tap B
         ns.run(["ip", "link", "set", TAP_B, "txqlen", str(TAP_B_TXQLEN), "master", BRIDGE,
                 "up"])
         with tempfile.TemporaryDirectory(prefix="vn-vd-") as work:  # short: sun_path
@@ -558,40 +597,96 @@ def test_tx_tso_and_checksum_offload(bench: Bench, vionet: Vionet) -> None:
         assert r.stats["csum_passthrough"] == 0, r.stats
 
 
+@dataclass
+class RxResult:
+    res: d.TrafficStats
+    stats: dict[str, int]  # vionet's RX counter deltas
+    drops: dict[str, int]
+    tap_a: dict[str, int]
+    elapsed: float
+    rx_caps: set[str]  # the guest port's RX offload capabilities (what vionet offered)
+
+
+def guest_rx(bench: Bench, v: Vionet, bursts: Sequence[tuple[Sequence[bytes], int]], *,
+             hdr: Callable[[bytes], bytes] = lambda f: PLAIN_HDR, capture: bool = True,
+             rx_offloads: Sequence[str] = (), verbose: bool = False) -> RxResult:
+    """The host writes each burst of frames into tap B; the guest must receive
+    the given number of packets for it before the next burst is written."""
+    before, counters0 = v.stats(), link_counters(bench.ns, TAP)
+    with d.VirtioUser(v.sock, capture=capture, rx_offloads=rx_offloads, verbose=verbose,
+                      log_dir=bench.workdir / "dpdk") as vu:
+        vu.link_up()
+        rx_caps = vu.pmd.offload_capabilities(d.VU_PORT, "rx")
+        vu.start()
+        t0, total = time.monotonic(), 0
+        for frames, expect in bursts:
+            for f in frames:
+                bench.tap_b.write(f, hdr(f))
+            total += expect
+            if not vu.wait_rx(total):
+                got = vu.pmd.port_stats(d.VU_PORT).rx_packets
+                pytest.fail(f"guest got {got} of {total} packets; vionet {v.stats()['rx']}")
+        elapsed = time.monotonic() - t0
+        res = vu.finish()
+    after = v.stats()
+    stats = {k: val - before["rx"][k] for k, val in after["rx"].items() if isinstance(val, int)}
+    return RxResult(res, stats, new_drops(after, before),
+                    delta(link_counters(bench.ns, TAP), counters0), elapsed, rx_caps)
+
+
 def test_rx_frames_reach_the_guest(bench: Bench, vionet: Vionet) -> None:
-    """Frames written into tap B reach virtio_user unchanged (io-forwarded to a capture)."""
+    """64 B / 1514 B frames written into tap B reach virtio_user byte for byte
+    (io-forwarded into a capture file)."""
     kinds = small_frames(to_guest=True)
     frames = [kinds[i % len(kinds)] for i in range(RX_FRAMES)]
-    before, counters0 = vionet.stats(), link_counters(bench.ns, TAP)
-
-    def send() -> None:
-        for start in range(0, len(frames), RX_BURST):
-            burst = frames[start:start + RX_BURST]
-            for f in burst:
-                bench.tap_b.write(f)
-            deadline = time.monotonic() + ARRIVE_TIMEOUT
-            # tap A's tx counters: what vionet has read.  Wait before the next burst.
-            while (c := delta(link_counters(bench.ns, TAP), counters0))["tx_packets"] \
-                    + c["tx_dropped"] < start + len(burst):
-                assert time.monotonic() < deadline, f"vionet stopped reading tap A: {c}"
-                time.sleep(POLL_S)
-
-    with d.VirtioUser(vionet.sock, log_dir=bench.workdir / "dpdk") as vu:
-        vu.link_up()
-        vu.start()
-        t0 = time.monotonic()
-        send()
-        complete = vu.wait_rx(len(frames))
-        elapsed = time.monotonic() - t0
-        res = vu.finish(complete)
-    after = vionet.stats()
-    log.warning("%s RX: %d frames in %.2f s", vionet.mode, len(frames), elapsed)
-    assert res.port.rx_packets == len(frames), res.port
-    problem = mismatch(res.frames, frames)
+    bursts = [(frames[i:i + RX_BURST], len(frames[i:i + RX_BURST]))
+              for i in range(0, len(frames), RX_BURST)]
+    r = guest_rx(bench, vionet, bursts)
+    log.warning("%s RX: %d frames in %.2f s (paced)", vionet.mode, len(frames), r.elapsed)
+    assert r.res.port.rx_packets == len(frames), r.res.port
+    problem = mismatch(r.res.frames, frames)
     assert problem is None, f"to the guest: {problem}"
-    assert after["rx"]["packets"] - before["rx"]["packets"] == len(frames)
-    assert delta(link_counters(bench.ns, TAP), counters0)["tx_dropped"] == 0
-    drops = new_drops(after, before)
+    assert r.stats["packets"] == len(frames), r.stats
+    assert r.tap_a["tx_packets"] == len(frames) and r.tap_a["tx_dropped"] == 0, r.tap_a
+    drops = r.drops
+    assert not drops, drops
+
+
+def test_rx_gso_reaches_the_guest(bench: Bench, vionet: Vionet) -> None:
+    """64 KiB TCP GSO frames written into tap B (virtio_net_hdr TCPV4/6 + NEEDS_CSUM).
+
+    The guest (virtio_user with RX checksum and LRO offloads) negotiates
+    GUEST_TSO4/6 only where vionet offers it (vnet header passthrough with
+    every offload): then each arrives whole, spread over merged 2 KiB buffers,
+    marked LRO with a partial checksum.  Otherwise the kernel segments in
+    front of tap A and the guest gets MSS-sized segments.  Sizes come from
+    testpmd's verbose packet dump.
+    """
+    frames = [superframe(v6=bool(i % 2), seq=5000 + i * 100_000, to_guest=True,
+                         seed_only=True) for i in range(RX_SUPER_FRAMES)]
+    whole = vionet.mode == "passthrough"
+    per_frame = 1 if whole else SUPER_SEGMENTS
+    bursts = [(frames[i:i + RX_SUPER_BURST], per_frame * len(frames[i:i + RX_SUPER_BURST]))
+              for i in range(0, len(frames), RX_SUPER_BURST)]
+    # LRO only where offered (asking for it otherwise fails the port's configuration).
+    offloads = d.RX_OFFLOADS_ALL if whole else ("udp_cksum", "tcp_cksum")
+    r = guest_rx(bench, vionet, bursts, hdr=lambda f: gso_write(f)[:VNET_HDR_SZ],
+                 capture=False, rx_offloads=offloads, verbose=True)
+    assert ("TCP_LRO" in r.rx_caps) == whole, r.rx_caps
+    log.warning("%s RX GSO: %d super-frames (%d B) in %.2f s (paced)", vionet.mode,
+                len(frames), sum(map(len, frames)), r.elapsed)
+    pkts = r.res.packets
+    assert len(pkts) == len(frames) * per_frame, f"{len(pkts)} packets in the guest"
+    if whole:
+        assert [p.length for p in pkts] == [len(f) for f in frames]
+        assert all("RTE_MBUF_F_RX_LRO" in p.ol_flags and p.nb_segs > 1 for p in pkts), pkts[0]
+        assert r.stats["packets"] == len(frames), r.stats
+    else:
+        want = [len(f) - SUPER_SEGMENTS * MSS + MSS for f in frames for _ in range(per_frame)]
+        assert [p.length for p in pkts] == want
+        assert not any("RTE_MBUF_F_RX_LRO" in p.ol_flags for p in pkts), pkts[0]
+    assert sum(p.length for p in pkts) == r.stats["bytes"], r.stats
+    drops = r.drops
     assert not drops, drops
 
 
