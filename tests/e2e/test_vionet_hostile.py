@@ -34,6 +34,7 @@ import fcntl
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -64,7 +65,8 @@ from vhost_frontend import (
 from vmdnet.vhost_user import protocol as P
 from vmdnet.vhost_user.protocol import Request
 from vmdnet.virtio import features as vf
-from vmdnet.virtio.net_hdr import VnetHdr
+from vmdnet.virtio.net_hdr import VIRTIO_NET_HDR_F_NEEDS_CSUM, VnetHdr
+from vmdnet.virtio.net_hdr import VIRTIO_NET_HDR_GSO_TCPV4 as GSO_TCPV4
 from vmdnet.virtio.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 
 pytestmark = [pytest.mark.root]
@@ -86,8 +88,6 @@ FRAME_TIMEOUT = 5.0
 EXIT_TIMEOUT = 10.0
 POLL_S = 0.05
 READ_MAX = 65536 + 64
-VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-GSO_TCPV4 = 1
 
 _macs = itertools.count(1)
 
@@ -96,9 +96,8 @@ def _skip_reason() -> str | None:
     reason = root_skip_reason()
     if reason:
         return reason
-    for tool in ("ip", "vmdnet-vionet"):
-        if not any(os.access(os.path.join(d, tool), os.X_OK)
-                   for d in os.environ.get("PATH", "").split(os.pathsep)):
+    for tool in ("ip", "sysctl", "vmdnet-vionet"):
+        if shutil.which(tool) is None:
             return f"{tool} not found"
     return None
 
@@ -145,13 +144,21 @@ class Vionet:
                  str(self.stats_path), "-v"],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
         self.sniffer: socket.socket | None = None
+        try:
+            self._wait_started()
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_started(self) -> None:
+        """The socket exists once vionet has its tap and signal handlers; then the sniffer."""
         deadline = time.monotonic() + START_TIMEOUT
         while not os.path.exists(self.sock_path):
             assert self.proc.poll() is None, self.log()
             assert time.monotonic() < deadline, "vionet never created its socket"
             time.sleep(POLL_S)
-        ns.run(["ip", "link", "set", TAP, "up"])
-        self.sniffer = ns.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        self.ns.run(["ip", "link", "set", TAP, "up"])
+        self.sniffer = self.ns.socket(socket.AF_PACKET, socket.SOCK_RAW)
         self.sniffer.bind((TAP, ETH_P_ALL))
         self.sniffer.settimeout(POLL_S)
 
@@ -232,7 +239,7 @@ class Vionet:
 
 @dataclass
 class Holder:
-    """The module's vionet; replaced (and the death recorded) when a case kills it."""
+    """The module's vionet; replaced by a new one when a case killed it (that case fails)."""
 
     ns: GuestNetns
     root: Path
@@ -316,8 +323,16 @@ class Device:
 
 def open_device(v: Vionet, drop: int = NOT_ACKED, ram: GuestRam | None = None) -> Device:
     ram = ram or GuestRam()
-    dev = Device(v.frontend(), ram, SplitRing(ram, RX), SplitRing(ram, TX))
-    dev.fe.start(ram, [dev.rx, dev.tx], drop)
+    try:
+        dev = Device(v.frontend(), ram, SplitRing(ram, RX), SplitRing(ram, TX))
+    except BaseException:
+        ram.close()
+        raise
+    try:
+        dev.fe.start(ram, [dev.rx, dev.tx], drop)
+    except BaseException:
+        dev.close()
+        raise
     return dev
 
 
@@ -576,7 +591,10 @@ def header_split_short(ram: GuestRam) -> list:
 
 OUTSIDE = GPA_BASE + RAM_SIZE + 0x1000   # a guest physical address past the end of RAM
 DATA = GPA_BASE + DATA_OFF               # a guest physical address inside RAM
-TCP_PAYLOAD = bytes(3000)
+TCP_PAYLOAD = bytes(3000)                # GSO cases: three segments' worth at gso_size 1000
+MAX_INDIRECT = 1024     # csrc/vn_vring.h VN_MAX_INDIRECT: the longest indirect table taken
+
+
 def more_pieces_than_iovecs(ram: GuestRam) -> list:
     """200 one-byte descriptors, then an indirect table of 1024 more: past the iovec limit."""
     gpa = ram.put(bytes(64))
@@ -587,7 +605,6 @@ def more_pieces_than_iovecs(ram: GuestRam) -> list:
     return [(gpa, 1, 0)] * 200 + [(table, 16 * MAX_INDIRECT, VRING_DESC_F_INDIRECT)]
 
 
-MAX_INDIRECT = 1024     # csrc/vn_vring.h VN_MAX_INDIRECT: the longest indirect table taken
 TX_DROP_CASES: dict[str, tuple[Callable[[GuestRam], list], str]] = {
     "more_pieces_than_iovecs": (more_pieces_than_iovecs, "too_many_iov"),
     "all_descriptors_zero_length": (lambda ram: [(DATA, 0, 0)] * 3, "hdr_short"),
