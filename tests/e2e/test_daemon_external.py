@@ -29,7 +29,7 @@ from vmdnet.cli.main import ask
 from vmdnet.daemon.control import UCRED
 from vmdnet.daemon.parent import BACKOFF_MAX_S, STATE_NO_VMM, STATE_STOPPED, backoff
 from vmdnet.privsep import sandbox
-from vmdnet.privsep.control import Request
+from vmdnet.privsep.control import MAX_REQUEST, ControlError, Request, decode_answer
 
 pytestmark = [pytest.mark.root]
 
@@ -189,6 +189,18 @@ def test_external_vmm_lifecycle(setup: ExternalSetup) -> None:
     assert get_features(third) & VIRTIO_F_VERSION_1
     ifaces = ask(setup.ctl, Request("show-interfaces"))
     assert ifaces[0]["vionet_starts"] == 3 and ifaces[0]["stats"]["connections"] == 1
+
+    # The control socket fails closed and one silent client does not stall the others.
+    with socket.socket(socket.AF_UNIX) as silent, socket.socket(socket.AF_UNIX) as big:
+        silent.connect(setup.ctl)
+        big.connect(setup.ctl)
+        big.sendall(b"x" * (MAX_REQUEST + 100))
+        big.shutdown(socket.SHUT_WR)
+        big.settimeout(START_S)
+        answer = b"".join(iter(lambda: big.recv(4096), b""))
+        with pytest.raises(ControlError, match="longer than"):
+            decode_answer(answer)
+        assert setup.status()["name"] == "ext"
 
     # stop: the vionet, the tap and the socket go away.
     assert "stopped" in ask(setup.ctl, Request("stop", "ext"))

@@ -130,3 +130,32 @@ def test_spawned_vionet_sandboxes_and_reports(ns_tap, tmp_path) -> None:
             v.proc.wait()
         vmm_end.close()
         v.channel.close()  # idempotent
+
+
+def test_parent_kills_a_child_that_breaks_the_protocol(tmp_path) -> None:
+    """A hostile child (the test) sends a frame the parent does not accept: the parent
+    kills that child's process and schedules a restart; its tap stays."""
+    if root_skip_reason():
+        pytest.skip(root_skip_reason())
+    from vmdnet.config import Config
+    from vmdnet.daemon.parent import IfaceState, Options, Parent
+
+    parent = Parent(Config(), Options(config_path="/nonexistent", rundir=str(tmp_path / "run"),
+                                      control_socket=str(tmp_path / "ctl.sock")))
+    ours, theirs = socketpair()
+    victim = subprocess.Popen(["sleep", "600"])
+    try:
+        v = VionetProc(spec(-1, frozenset(), tmp_path), proc=victim,
+                       channel=Channel(ours, Peer.PARENT, Peer.VIONET, PARENT_ID))
+        ifs = IfaceState(id=1, vm_name="x", conf=None, ifname=TAP,  # type: ignore[arg-type]
+                         mac=b"\0" * 6, sock_path="/nonexistent", vionet=v)
+        parent.sel.register(v.channel, 1, ("vionet", ifs))
+        theirs.send(b"\x01\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x07\x00\x00\x00\x01")
+        parent._on_vionet_frame(ifs)  # STATS_REQUEST is not the parent's to receive
+        assert victim.returncode == -9
+        assert ifs.vionet is None and ifs.failures == 1 and ifs.restart_at > 0
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+        theirs.close()

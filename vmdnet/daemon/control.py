@@ -38,6 +38,11 @@ CLIENT_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 5.0
 # Clients at once; more are refused until some finish.
 MAX_CLIENTS = 32
+# Unread bytes thrown away before closing a client: a socket buffer's worth
+# (a unix socket queues at most a few hundred KiB); a client sending more is
+# reset, which is its own doing.
+DRAIN_READS_MAX = 16
+DRAIN_READ_BYTES = 64 * 1024
 
 
 def listen(path: str, uid: int | None, gid: int | None) -> socket.socket:
@@ -114,10 +119,22 @@ def receive(client: Client) -> bool:
     return not data or b"\n" in data or len(client.buf) > MAX_REQUEST
 
 
+def _discard_unread(sock: socket.socket) -> None:
+    """Read away what the client sent beyond its request: closing a unix socket with
+    unread data resets the peer, which would then lose our answer."""
+    for _ in range(DRAIN_READS_MAX):
+        try:
+            if not sock.recv(DRAIN_READ_BYTES, socket.MSG_DONTWAIT):
+                return
+        except OSError:
+            return
+
+
 def finish(client: Client, reply: bytes) -> None:
     try:
         client.sock.settimeout(SEND_TIMEOUT_S)
         client.sock.sendall(reply)
+        _discard_unread(client.sock)
     except OSError as exc:
         log.debug("control client went away: %s", exc)
     finally:
