@@ -65,9 +65,11 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vn_netq.h"
+#include "vn_rsc.h"
 
 _Static_assert((int)VN_BAD_MAX_ <= (int)VN_DROP_BASE, "offload reasons overlap data path reasons");
 _Static_assert((int)VN_RING_ERR_MAX_ <= VN_STATS_RING_ERRS, "vn_stats.ring_errors too small");
@@ -116,6 +118,11 @@ struct vn_work {
 	uint32_t chain_niov[VN_CHAIN_MAX_IOV];
 	uint64_t chain_cap[VN_CHAIN_MAX_IOV];
 	uint32_t parked_len;                    /* RX packet waiting in buf, 0 if none */
+	/* RX with a coalescer: outputs of the last push not delivered yet.  They
+	 * point into buf or the coalescer's unit buffer, both left alone until
+	 * these are delivered (no read, no coalescer call before). */
+	struct vn_rsc_out rsc_pending[VN_RSC_PUSH_MAX_OUT];
+	uint32_t rsc_first, rsc_npending;
 };
 
 /**
@@ -156,6 +163,7 @@ void vn_work_reset(struct vn_work *w)
 	w->niov = 0;
 	w->cap = 0;
 	w->parked_len = 0;
+	w->rsc_first = w->rsc_npending = 0;
 }
 
 static int hdr_sz_ok(uint32_t sz)
@@ -733,6 +741,181 @@ static int rx_cfg_ok(const struct vn_rxcfg *cfg, uint64_t *max_pkt)
 	       *max_pkt <= (uint64_t)cfg->hdr_sz + VN_MAX_FRAME;
 }
 
+/* ---- RX with receive segment coalescing (vn_rsc.c) ---- */
+
+/*
+ * With a coalescer, every packet is read into the bounce buffer and pushed;
+ * a push hands back up to VN_RSC_PUSH_MAX_OUT packets (the flow's held unit,
+ * then the segment).  What the guest's buffers cannot take yet waits in
+ * rsc_pending (no read and no coalescer call until it is delivered, so the
+ * data it points to stays put).  Units whose time is up are delivered before
+ * anything is read.  Held units wait in the coalescer, not in the tap.
+ */
+
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The virtio_net_hdr in its little-endian wire form (num_buffers: rx_deliver). */
+static void hdr_pack(const struct vn_net_hdr *h, uint8_t *b)
+{
+	uint16_t v[4] = { htole16(h->hdr_len), htole16(h->gso_size), htole16(h->csum_start),
+			  htole16(h->csum_offset) };
+
+	b[0] = h->flags;
+	b[1] = h->gso_type;
+	memcpy(b + 2, v, sizeof(v));
+}
+
+/* Deliver one coalescer output.  Return 1 when delivered, 0 when the guest's
+ * buffers cannot take it yet, -1 when the ring broke. */
+static int rx_deliver_out(struct vn_vring *vq, const struct vn_mem *mem,
+			  const struct vn_rxcfg *cfg, struct vn_stats *st,
+			  const struct vn_rsc_out *o)
+{
+	struct vn_work *w = vq->work;
+	uint64_t total = (uint64_t)cfg->hdr_sz + o->len;
+	uint8_t hdr[VN_NET_HDR_MAX] = { 0 };
+
+	if (rx_peek(vq, mem, cfg, st, total) == WIN_BROKEN)
+		return -1;
+	if (win_usable(w, cfg) < total)
+		return 0;
+	hdr_pack(&o->hdr, hdr);
+	vn_buf_to_iov(w->iov, w->niov, 0, hdr, cfg->hdr_sz);
+	vn_buf_to_iov(w->iov, w->niov, cfg->hdr_sz, o->data, o->len);
+	rx_deliver(vq, cfg, st, total);
+	return 1;
+}
+
+/* Deliver pending outputs in order; return how many, *blocked when some wait. */
+static uint32_t rx_rsc_pending(struct vn_vring *vq, const struct vn_mem *mem,
+			       const struct vn_rxcfg *cfg, struct vn_stats *st, int *blocked)
+{
+	struct vn_work *w = vq->work;
+	uint32_t n = 0;
+
+	while (w->rsc_first < w->rsc_npending) {
+		int rc = rx_deliver_out(vq, mem, cfg, st, &w->rsc_pending[w->rsc_first]);
+
+		if (rc <= 0) {
+			*blocked = 1;
+			return n;
+		}
+		w->rsc_first++;
+		n++;
+	}
+	w->rsc_first = w->rsc_npending = 0;
+	return n;
+}
+
+/* Deliver held units (all, or those whose time is up) while buffers last.
+ * Return units delivered; *starved set when the guest ran out of buffers. */
+static uint32_t rx_rsc_drain(struct vn_vring *vq, const struct vn_mem *mem,
+			     const struct vn_rxcfg *cfg, struct vn_stats *st,
+			     int expired_only, int *starved)
+{
+	struct vn_work *w = vq->work;
+	uint32_t delivered = rx_rsc_pending(vq, mem, cfg, st, starved);
+
+	while (!*starved && !vq->broken && vn_rsc_held(cfg->rsc) > 0) {
+		int n = expired_only ? vn_rsc_poll(cfg->rsc, monotonic_ns(), w->rsc_pending, 1)
+				     : vn_rsc_flush(cfg->rsc, w->rsc_pending, 1);
+
+		if (n <= 0)
+			break;
+		w->rsc_first = 0;
+		w->rsc_npending = (uint32_t)n;
+		delivered += rx_rsc_pending(vq, mem, cfg, st, starved);
+	}
+	return delivered;
+}
+
+static uint32_t rx_fill_rsc(struct vn_vring *vq, const struct vn_mem *mem, int tap_fd,
+			    const struct vn_rxcfg *cfg, struct vn_stats *st, uint32_t budget,
+			    uint64_t max_pkt, int *starved)
+{
+	struct vn_work *w = vq->work;
+	size_t off = cfg->tap_has_vnet_hdr ? cfg->hdr_sz : 0;
+	uint32_t delivered, taken = 0;
+
+	delivered = rx_rsc_drain(vq, mem, cfg, st, 1, starved);
+	while (taken < budget && !*starved && !vq->broken) {
+		struct vn_net_hdr in;
+		ssize_t n;
+		int k;
+
+		if (rx_peek(vq, mem, cfg, st, max_pkt) == WIN_BROKEN)
+			break;
+		if (win_usable(w, cfg) < max_pkt) {
+			*starved = 1;
+			break;
+		}
+		do {
+			n = read(tap_fd, w->buf, WORK_BUF_CAP);
+		} while (n < 0 && errno == EINTR);
+		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+			st->tap_errors++;
+		if (n <= 0)
+			break;
+		taken++;
+		if ((size_t)n < off + VN_ETH_HLEN || (size_t)n > off + VN_MAX_FRAME) {
+			count_drop(st, VN_DROP_RX_TRUNCATED);
+			continue;
+		}
+		if (off)
+			hdr_parse(w->buf, &in);
+		k = vn_rsc_push(cfg->rsc, off ? &in : NULL, w->buf + off, (size_t)n - off,
+				monotonic_ns(), w->rsc_pending, VN_RSC_PUSH_MAX_OUT);
+		w->rsc_first = 0;
+		w->rsc_npending = k > 0 ? (uint32_t)k : 0;
+		delivered += rx_rsc_pending(vq, mem, cfg, st, starved);
+	}
+	return delivered;
+}
+
+/**
+ * vn_rx_rsc_flush() - deliver what the queue's coalescer holds
+ * @vq: the RX queue
+ * @mem: the memory table
+ * @cfg: its RX configuration (cfg->rsc set, MRG_RXBUF)
+ * @st: the queue's counters
+ * @expired_only: 1: only units whose interval is over; 0: every held unit
+ *
+ * For the caller's loop: when the coalescer's deadline passes with the tap
+ * quiet, and before the queue stops (so held data is not lost).
+ *
+ * Return: units delivered, -EIO when the ring is broken, -EINVAL when the
+ * queue or configuration cannot coalesce
+ */
+int vn_rx_rsc_flush(struct vn_vring *vq, const struct vn_mem *mem, const struct vn_rxcfg *cfg,
+		    struct vn_stats *st, int expired_only)
+{
+	int rc = check_queue(vq, mem, cfg, st), starved = 0;
+	uint16_t used_before;
+	uint64_t max_pkt;
+	uint32_t n;
+
+	if (rc)
+		return rc;
+	if (!rx_cfg_ok(cfg, &max_pkt) || !cfg->rsc || !cfg->mrg_rxbuf)
+		return -EINVAL;
+	vq->work->nchains = vq->work->niov = 0;
+	vq->work->cap = 0;
+	used_before = vq->last_used_idx;
+	n = rx_rsc_drain(vq, mem, cfg, st, expired_only, &starved);
+	finish_batch(vq, st, used_before);
+	if (vq->broken) {
+		st->ring_errors[vq->broken]++;
+		return -EIO;
+	}
+	return (int)n;
+}
+
 /**
  * vn_rx_fill() - move up to @budget packets from the tap into guest buffers
  * @vq: the RX queue
@@ -764,6 +947,10 @@ int vn_rx_fill(struct vn_vring *vq, const struct vn_mem *mem, int tap_fd,
 	w->nchains = w->niov = 0;
 	w->cap = 0;
 	used_before = vq->last_used_idx;
+	if (cfg->rsc && cfg->mrg_rxbuf && !w->parked_len) {
+		delivered = rx_fill_rsc(vq, mem, tap_fd, cfg, st, budget, max_pkt, &starved);
+		taken = budget;         /* skip the plain loop */
+	}
 	while (taken < budget) {
 		enum win_stop stop = rx_peek(vq, mem, cfg, st, w->parked_len ? w->parked_len : max_pkt);
 		ssize_t n;
@@ -840,6 +1027,9 @@ int vn_rx_discard(struct vn_vring *vq, int tap_fd, struct vn_stats *st, uint32_t
 		count_drop(st, VN_DROP_RX_NO_BUFFERS);
 		n++;
 	}
+	for (; w->rsc_first < w->rsc_npending; w->rsc_first++, n++)
+		count_drop(st, VN_DROP_RX_NO_BUFFERS);
+	w->rsc_first = w->rsc_npending = 0;
 	while (n < budget) {
 		ssize_t r = read(tap_fd, w->buf, WORK_BUF_CAP);
 

@@ -64,6 +64,8 @@ enum vn_drop {
 	VN_DROP_MAX_ = 42
 };
 
+struct vn_rsc;
+
 /* What the TX path may hand the tap. */
 struct vn_txcfg {
 	uint32_t hdr_sz;                /* the guest's virtio_net_hdr size: 10, 12 or 20 */
@@ -80,6 +82,7 @@ struct vn_rxcfg {
 	uint32_t guest_csum;            /* VIRTIO_NET_F_GUEST_CSUM: DATA_VALID may be set */
 	uint32_t max_pkt;               /* largest read (header included); 0: hdr_sz + VN_MAX_FRAME */
 	uint32_t pad_;
+	struct vn_rsc *rsc;             /* coalesce received TCP (needs mrg_rxbuf); NULL: off */
 };
 
 /* Per-queue counters; one writer (the queue's thread). */
@@ -113,6 +116,8 @@ int vn_rx_fill(struct vn_vring *vq, const struct vn_mem *mem, int tap_fd,
 	       const struct vn_rxcfg *cfg, struct vn_stats *st, uint32_t budget);
 int vn_rx_discard(struct vn_vring *vq, int tap_fd, struct vn_stats *st, uint32_t budget);
 uint32_t vn_rx_parked_len(const struct vn_vring *vq);
+int vn_rx_rsc_flush(struct vn_vring *vq, const struct vn_mem *mem, const struct vn_rxcfg *cfg,
+		    struct vn_stats *st, int expired_only);
 /* VN_CDEF_END */
 
 #endif

@@ -60,6 +60,9 @@
  * Output.  A unit of one segment leaves as received (DATA_VALID if asked; a
  * segment delivered alone is DATA_VALID too, since it was verified, where
  * GRO leaves a padded one unmarked: it skips validating what it flushes).
+ * Segments the tap hands over with NEEDS_CSUM (made by the host's own stack,
+ * check field = pseudo-header sum) coalesce as well, their payload taken as
+ * it is; alone they keep NEEDS_CSUM, in a unit the unit's checksum rules hold.
  * gso mode: a unit of more leaves the way Linux GRO hands it to a tap reader:
  * NEEDS_CSUM, csum_start at the TCP header, csum_offset 16, gso_type
  * TCPV4/TCPV6, gso_size = the first segment's payload, IP lengths and the
@@ -132,6 +135,7 @@ struct seg {
 	uint8_t version;
 	uint8_t flags;          /* TCP flags byte */
 	uint8_t thlen;          /* TCP header length */
+	uint8_t partial;        /* NEEDS_CSUM from the tap: check field holds the pseudo sum */
 	uint8_t key_len;
 	uint8_t key[RSC_KEY_MAX];
 };
@@ -157,9 +161,20 @@ struct rsc_flow {
 	uint8_t active_pos;
 	uint8_t version;
 	uint8_t ipid_mode;
+	uint8_t partial;        /* its head came with a partial checksum (NEEDS_CSUM) */
 	uint8_t key_len;
 	uint8_t key[RSC_KEY_MAX];
 };
+
+/*
+ * How far a segment's TCP checksum is known: TRUST_VERIFY (check it),
+ * TRUST_VALID (the tap said DATA_VALID), TRUST_PARTIAL (the tap said
+ * NEEDS_CSUM: locally made data, the check field holds only the pseudo-header
+ * sum; the payload is taken as it is and its sum computed on the copy).
+ */
+#define TRUST_VERIFY 0
+#define TRUST_VALID 1
+#define TRUST_PARTIAL 2
 
 struct vn_rsc {
 	struct vn_rsc_cfg cfg;
@@ -536,12 +551,25 @@ static void emit_frame(struct vn_rsc *r, struct outq *q, const struct vn_net_hdr
 	r->st.delivered++;
 }
 
-/* Deliver a verified segment alone, as received. */
+/* A segment as the tap gave it: its checksum still to be completed. */
+static void partial_hdr(struct vn_net_hdr *h, uint16_t l4, uint16_t pay)
+{
+	h->flags = VN_HDR_F_NEEDS_CSUM;
+	h->gso_type = VN_GSO_NONE;
+	h->hdr_len = pay;
+	h->csum_start = l4;
+	h->csum_offset = TCP_CHECK_OFF;
+}
+
+/* Deliver a verified (or partial-checksum) segment alone, as received. */
 static void emit_segment(struct vn_rsc *r, struct outq *q, const struct seg *s)
 {
 	struct vn_rsc_out *o = out_take(q);
 
-	o->hdr.flags = r->cfg.data_valid ? VN_HDR_F_DATA_VALID : 0;
+	if (s->partial)
+		partial_hdr(&o->hdr, s->l4, s->pay);
+	else
+		o->hdr.flags = r->cfg.data_valid ? VN_HDR_F_DATA_VALID : 0;
 	o->data = s->f;
 	o->len = (uint32_t)s->len;
 	o->segs = 1;
@@ -609,7 +637,9 @@ static void emit_unit(struct vn_rsc *r, struct outq *q, struct rsc_flow *fl)
 	o->len = fl->len;
 	o->segs = fl->segs;
 	o->kind = VN_RSC_OUT_UNIT;
-	if (fl->segs == 1 && fl->dup_acks == 0)
+	if (fl->segs == 1 && fl->dup_acks == 0 && fl->partial)
+		partial_hdr(&o->hdr, fl->l4, fl->pay);
+	else if (fl->segs == 1 && fl->dup_acks == 0)
 		o->hdr.flags = r->cfg.data_valid ? VN_HDR_F_DATA_VALID : 0;
 	else if (r->cfg.mode == VN_RSC_MODE_RSC)
 		finish_rsc(r, fl, &o->hdr);
@@ -738,10 +768,13 @@ static int copy_payload(struct vn_rsc *r, struct rsc_flow *fl, const struct seg 
 	int odd = ((fl->len - fl->pay) & 1) != 0;
 	uint32_t sum;
 
-	if (trusted) {
+	if (trusted == TRUST_VALID) {
 		memcpy(dst, s->f + s->pay, s->plen);
 		if (r->cfg.mode == VN_RSC_MODE_RSC)
 			fl->psum = psum_add(fl->psum, derived_payload_sum(s), odd);
+	} else if (trusted == TRUST_PARTIAL) {
+		sum = vn_csum_copy(dst, s->f + s->pay, s->plen, 0);
+		fl->psum = psum_add(fl->psum, sum, odd);
 	} else {
 		sum = vn_csum_copy(dst, s->f + s->pay, s->plen, 0);
 		if (!seg_csum_ok(s, sum))
@@ -800,6 +833,7 @@ static int fill_head(struct vn_rsc *r, int16_t bi, const struct seg *s, int trus
 	tmp->window = s->window;
 	tmp->head_ipid = s->ipid;
 	tmp->version = s->version;
+	tmp->partial = s->partial;
 	tmp->ipid_mode = IPID_UNKNOWN;
 	tmp->hash = s->hash;
 	tmp->key_len = s->key_len;
@@ -920,14 +954,15 @@ static uint64_t *final_reason(struct vn_rsc *r, uint8_t flags)
 static void push_one(struct vn_rsc *r, const struct vn_net_hdr *in_hdr, const uint8_t *frame,
 		     size_t len, uint64_t now, struct outq *q)
 {
-	int trusted = in_hdr && (in_hdr->flags & VN_HDR_F_DATA_VALID);
+	int trusted = in_hdr && (in_hdr->flags & VN_HDR_F_DATA_VALID) ? TRUST_VALID : TRUST_VERIFY;
+	int partial = in_hdr && (in_hdr->flags & VN_HDR_F_NEEDS_CSUM);
 	struct rsc_flow *fl;
 	uint64_t *why = NULL;
 	enum verdict v;
 	struct seg s;
 
 	r->st.received++;
-	if (in_hdr && (in_hdr->gso_type != VN_GSO_NONE || (in_hdr->flags & VN_HDR_F_NEEDS_CSUM))) {
+	if (in_hdr && in_hdr->gso_type != VN_GSO_NONE) {
 		r->st.bypass_offloaded++;
 		emit_frame(r, q, in_hdr, frame, len);
 		return;
@@ -938,6 +973,15 @@ static void push_one(struct vn_rsc *r, const struct vn_net_hdr *in_hdr, const ui
 		emit_frame(r, q, in_hdr, frame, len);
 		return;
 	}
+	/* A partial checksum is coalesced only where it is TCP's own field. */
+	if (partial && (in_hdr->csum_start != s.l4 || in_hdr->csum_offset != TCP_CHECK_OFF)) {
+		r->st.bypass_offloaded++;
+		emit_frame(r, q, in_hdr, frame, len);
+		return;
+	}
+	s.partial = (uint8_t)(partial != 0);
+	if (partial)
+		trusted = TRUST_PARTIAL;
 	fl = lookup(r, &s);
 	if (fl && fl->deadline <= now) {
 		r->st.timer_flushes++;
@@ -1044,7 +1088,8 @@ void vn_rsc_free(struct vn_rsc *r)
  * vn_rsc_push() - offer one received frame
  * @r: the coalescer
  * @in_hdr: the frame's virtio_net_hdr as the tap gave it, or NULL for none.
- *	DATA_VALID makes the checksums trusted; GSO or NEEDS_CSUM bypasses.
+ *	DATA_VALID makes the checksums trusted; NEEDS_CSUM at the TCP check field
+ *	coalesces as locally made data (a unit of one keeps NEEDS_CSUM); GSO bypasses.
  * @frame: the Ethernet frame
  * @len: its length
  * @now_ns: the current time (any monotonic clock, nanoseconds)

@@ -29,7 +29,7 @@ from oracle.test_rsc_gro_streams import (
     ts_option,
 )
 
-from vmdnet.offload import Coalescer, VnetHdr, segment
+from vmdnet.offload import Coalescer, VnetHdr, segment, verify
 from vmdnet.offload.rsc import (
     DEFAULT_INTERVAL_NS,
     Coalescing,
@@ -140,6 +140,46 @@ def test_single_segment_unit_is_delivered_as_received() -> None:
     co = Coalescer(data_valid=False)
     co.push(seg, 0)
     assert co.flush() == [(VnetHdr(), seg)]
+
+
+def _partial(seg: bytes) -> bytes:
+    """The segment as the host's own stack hands it over: TCP check = pseudo sum."""
+    pseudo = P.pseudo_sum(4, seg[26:30], seg[30:34], 6, len(seg) - 34)
+    return seg[:50] + struct.pack("!H", pseudo) + seg[52:]
+
+
+PARTIAL = VnetHdr(flags=NEEDS_CSUM, csum_start=34, csum_offset=16)
+
+
+def test_partial_checksum_segments_coalesce() -> None:
+    """Segments with NEEDS_CSUM (host-made, not yet summed) coalesce like verified ones."""
+    segs = TcpFlow().data(3)
+    parts = [_partial(x) for x in segs]
+    co = Coalescer(mode="gso")
+    for f in parts:
+        assert co.push(f, 0, hdr=PARTIAL) == []
+    [(hdr, unit)] = co.flush()
+    assert hdr.flags == NEEDS_CSUM and hdr.gso_type == GSO_TCPV4
+    assert payload(unit) == b"".join(payload(x) for x in segs)
+    # The kernel's rule for such a unit: software GSO gives back valid segments.
+    out = segment(hdr, unit)
+    assert [payload(x) for x in out] == [payload(x) for x in segs]
+    assert all(verify(x) for x in out)
+    co = Coalescer(mode="rsc")
+    for f in parts:
+        co.push(f, 0, hdr=PARTIAL)
+    [(hdr, unit)] = co.flush()
+    assert hdr.flags & RSC_INFO and hdr.csum_start == 3 and verify(unit)
+
+
+def test_single_partial_segment_keeps_needs_csum() -> None:
+    [seg] = TcpFlow().data(1)
+    part = _partial(seg)
+    co = Coalescer()
+    assert co.push(part, 0, hdr=PARTIAL) == []
+    [(hdr, frame)] = co.flush()
+    assert frame == part
+    assert (hdr.flags, hdr.csum_start, hdr.csum_offset) == (NEEDS_CSUM, 34, 16)
 
 
 def test_psh_closes_the_unit_it_joins() -> None:
@@ -368,7 +408,8 @@ def _bypass_frames() -> list[tuple[str, bytes, VnetHdr | None, dict]]:
         ("too_small", b"\x01" * 5, None, {}),
         ("too_large", _ipv4_tcp(), None, {"max_bytes": 100}),
         ("too_large", seg + bytes(70000), None, {}),
-        ("offloaded", seg, VnetHdr(flags=NEEDS_CSUM, csum_start=34, csum_offset=16), {}),
+        # NEEDS_CSUM anywhere but the TCP check field is left alone.
+        ("offloaded", seg, VnetHdr(flags=NEEDS_CSUM, csum_start=34, csum_offset=6), {}),
         ("offloaded", seg, VnetHdr(gso_type=GSO_TCPV4, gso_size=10), {}),
         ("disabled", v6, None, {"ipv6": False}),
     ]

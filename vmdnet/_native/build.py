@@ -53,6 +53,9 @@ ffibuilder.set_source(
     include_dirs=[str(CSRC.relative_to(ROOT))],
     extra_compile_args=CFLAGS,
     define_macros=[("VN_VERSION", f'"{_version()}"')],
+    # One file name whichever way the module is built (pip or this script):
+    # a stale abi3 twin next to a fresh cpython-311 build would shadow it.
+    py_limited_api=False,
 )
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from vmdnet.virtio.net_hdr import (
 
 __all__ = [
     "VnetHdr", "BadHeader", "Reason", "checksum", "validate", "complete_checksum",
-    "segment", "verify", "fix_batch", "MAX_FRAME", "USO_MAX_SEGS",
+    "segment", "verify", "fix_batch", "Coalescer", "MAX_FRAME", "USO_MAX_SEGS",
     "VIRTIO_NET_HDR_F_NEEDS_CSUM", "VIRTIO_NET_HDR_F_DATA_VALID", "VIRTIO_NET_HDR_F_RSC_INFO",
     "VIRTIO_NET_HDR_GSO_NONE", "VIRTIO_NET_HDR_GSO_TCPV4", "VIRTIO_NET_HDR_GSO_UDP",
     "VIRTIO_NET_HDR_GSO_TCPV6", "VIRTIO_NET_HDR_GSO_UDP_L4", "VIRTIO_NET_HDR_GSO_ECN",

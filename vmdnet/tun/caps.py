@@ -89,9 +89,15 @@ class TapCaps:
         return self.vnet_hdr and name in self.offloads
 
 
-def offered_features(caps: TapCaps) -> int:
-    """The virtio-net feature bits vionet offers a guest in front of this tap."""
+def offered_features(caps: TapCaps, *, rsc: bool = False) -> int:
+    """The virtio-net feature bits vionet offers a guest in front of this tap.
+
+    With `rsc` (receive coalescing in C) RSC_EXT is offered too: a guest that
+    takes it gets RSC_INFO packets, one with only GUEST_TSO4/6 GSO packets.
+    """
     feats = RING_FEATURES | HOST_OFFLOADS | _b(vf.VIRTIO_NET_F_GUEST_CSUM)
+    if rsc:
+        feats |= _b(vf.VIRTIO_NET_F_RSC_EXT)
     if not caps.may("csum"):
         # Without partial checksums from the tap, RX GSO cannot be handed on.
         return feats

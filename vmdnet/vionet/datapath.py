@@ -20,12 +20,14 @@ import enum
 import errno
 import logging
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from vmdnet._native import check_errno, ffi, lib
 from vmdnet.offload import Reason
+from vmdnet.offload.rsc import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -437,6 +439,7 @@ class RxPath(_Path):
                  stats: Stats | None = None) -> None:
         super().__init__(vring, mem, tap_fd, stats)
         self.cfg_c = ffi.new("struct vn_rxcfg *")
+        self.coalescer: Coalescer | None = None
         self.configure(cfg)
 
     def configure(self, cfg: RxConfig) -> None:
@@ -447,6 +450,8 @@ class RxPath(_Path):
         self.cfg_c.mrg_rxbuf = int(cfg.mrg_rxbuf)
         self.cfg_c.guest_csum = int(cfg.guest_csum)
         self.cfg_c.max_pkt = cfg.max_pkt
+        if not cfg.mrg_rxbuf:
+            self.set_coalescer(None)
 
     def fill(self, budget: int = DEFAULT_BUDGET) -> int:
         """Deliver up to `budget` packets; NO_BUFFERS when the guest has none to offer.
@@ -466,6 +471,35 @@ class RxPath(_Path):
         """Drop the parked packet and up to `budget` waiting on the tap; return how many."""
         return self._check(lib.vn_rx_discard(self.vring.c, self.tap_fd, self.stats.c, budget),
                            "vn_rx_discard")
+
+    def set_coalescer(self, coalescer: Coalescer | None) -> None:
+        """Coalesce received TCP for the guest (needs MRG_RXBUF); None: off.
+
+        Between batches only; the path keeps a reference so the C object
+        outlives every batch that uses it.
+        """
+        if coalescer is not None and not self.cfg.mrg_rxbuf:
+            raise ValueError("receive coalescing needs MRG_RXBUF")
+        self.coalescer = coalescer
+        self.cfg_c.rsc = coalescer._r if coalescer is not None else ffi.NULL
+
+    def flush_coalesced(self, expired_only: bool = False) -> int:
+        """Deliver what the coalescer holds (all, or what is due); return units delivered."""
+        if self.coalescer is None:
+            return 0
+        self._check_generation()
+        rc = lib.vn_rx_rsc_flush(self.vring.c, self.mem.c, self.cfg_c, self.stats.c,
+                                 int(expired_only))
+        return self._check(rc, "vn_rx_rsc_flush")
+
+    def coalesce_wait_ms(self) -> int | None:
+        """Milliseconds until held data is due (poll(2) granularity), None if none held."""
+        if self.coalescer is None:
+            return None
+        deadline = self.coalescer.deadline()
+        if deadline is None:
+            return None
+        return max(0, -(-(deadline - time.monotonic_ns()) // 1_000_000))
 
     @property
     def parked_len(self) -> int:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from vmdnet.offload.rsc import Coalescer
 from vmdnet.tun import caps as tcaps
 from vmdnet.vhost_user import Backend
 from vmdnet.vhost_user.events import (
@@ -82,13 +83,16 @@ class Vionet:
     """One virtio-net device over vhost-user, backed by one tap queue."""
 
     def __init__(self, tap_fd: int, tap_ctl: TapControl, tap_caps: tcaps.TapCaps, *,
-                 discard: bool = False, queue_pairs: int = 1) -> None:
+                 discard: bool = False, queue_pairs: int = 1,
+                 rsc_interval_us: int | None = None) -> None:
         self.tap_fd = tap_fd
         self.tap_ctl = tap_ctl
         self.caps = tap_caps
         self.discard = discard
-        self.backend = Backend(tcaps.offered_features(tap_caps), queue_pairs=queue_pairs,
-                               stop_vring=self._stop_vring)
+        self.rsc_interval_us = rsc_interval_us
+        self.coalescer: Coalescer | None = None
+        self.backend = Backend(tcaps.offered_features(tap_caps, rsc=rsc_interval_us is not None),
+                               queue_pairs=queue_pairs, stop_vring=self._stop_vring)
         self.mem = GuestMemory()
         self.queues: dict[int, _Queue] = {}
         self.rx_stats = Stats()
@@ -133,8 +137,28 @@ class Vionet:
                  hdr_sz, flags)
         for q in self.queues.values():
             self._pause(q)
+        self.coalescer = self._new_coalescer()
+        for q in self.queues.values():
             q.path.configure(self._config(isinstance(q.path, TxPath)))
+            if isinstance(q.path, RxPath):
+                q.path.set_coalescer(self.coalescer)
             self._resume(q)
+
+    def _new_coalescer(self) -> Coalescer | None:
+        """Receive coalescing for what the guest negotiated, when configured."""
+        if self.rsc_interval_us is None:
+            return None
+        if not vf.has(self.acked, vf.VIRTIO_NET_F_MRG_RXBUF):
+            log.info("receive coalescing off: the guest did not take MRG_RXBUF")
+            return None
+        c = Coalescer.for_features(self.acked, interval_ns=self.rsc_interval_us * 1000,
+                                   data_valid=vf.has(self.acked, vf.VIRTIO_NET_F_GUEST_CSUM))
+        if c is None:
+            log.info("receive coalescing off: the guest takes neither GSO nor RSC")
+        else:
+            log.info("receive coalescing on: %s mode, %d us", c.mode.name.lower(),
+                     self.rsc_interval_us)
+        return c
 
     def _config(self, tx: bool) -> TxConfig | RxConfig:
         if tx:
@@ -171,6 +195,7 @@ class Vionet:
                                            self.tx_stats)
         else:
             path = RxPath(vring, self.mem, self.tap_fd, self._config(False), self.rx_stats)
+            path.set_coalescer(self.coalescer)
         if vring.broken:
             self._count_setup_break(cfg.index, vring, path)
         q = _Queue(vring, path)
@@ -268,6 +293,9 @@ class Vionet:
                        for i, q in self.queues.items()},
             "tx": self.tx_stats.as_dict(),
             "rx": self.rx_stats.as_dict(),
+            "rsc": ({"mode": self.coalescer.mode.name.lower(),
+                     "interval_us": self.rsc_interval_us, **self.coalescer.stats}
+                    if self.coalescer is not None else None),
             **self.counters,
             "uptime_s": round(time.monotonic() - self.started, 3),
         }

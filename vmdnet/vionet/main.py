@@ -25,6 +25,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from vmdnet.config import limits
 from vmdnet.privsep.child import ParentLink
 from vmdnet.privsep.sandbox import Ids, enter_sandbox
 from vmdnet.tun import caps as tcaps
@@ -68,6 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--offloads", default="all",
                    help="offloads the tap may take, e.g. csum,tso4 (rest in software)")
     p.add_argument("--mac", help="the guest's MAC address (reported in statistics)")
+    p.add_argument("--rsc", nargs="?", type=int, const=limits.RSC_INTERVAL_DEFAULT_US,
+                   metavar="INTERVAL_US",
+                   help="coalesce received TCP for the guest (RSC), holding at most "
+                        "INTERVAL_US microseconds (default 300)")
     p.add_argument("--discard", action="store_true",
                    help="drop guest TX after processing instead of writing (benchmarks)")
     p.add_argument("--stats-json", help="write counters as JSON here on SIGUSR1 and at exit")
@@ -91,6 +96,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.offload_set = tcaps.parse_offloads(args.offloads)
     except ValueError as exc:
         p.error(str(exc))
+    if args.rsc is not None and not (limits.RSC_INTERVAL_MIN_US <= args.rsc
+                                     <= limits.RSC_INTERVAL_MAX_US):
+        p.error(f"--rsc interval must be in {limits.RSC_INTERVAL_MIN_US}.."
+                f"{limits.RSC_INTERVAL_MAX_US} us")
     return args
 
 
@@ -282,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     link = None
     if args.privsep_fd is not None:
         link = ParentLink(args.privsep_fd, args.privsep_id, lambda: dev.stats())
-    dev = Vionet(tap_fd, link or LocalTap(tap_fd), caps, discard=args.discard)
+    dev = Vionet(tap_fd, link or LocalTap(tap_fd), caps, discard=args.discard,
+                 rsc_interval_us=args.rsc)
     ctl = Control(args, dev)
     if link is not None:
         link.start()

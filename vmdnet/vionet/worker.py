@@ -21,9 +21,11 @@ log = logging.getLogger(__name__)
 # wake-up, small enough that the other direction's thread gets the GIL often.
 BATCH_BUDGET = 256
 # RX with no guest buffers: how long to wait for the guest to post some before
-# the waiting packets are dropped and counted (the tap queue would drop them
-# anyway; this keeps latency bounded and the tap from stalling).
-RX_NO_BUFFER_WAIT_MS = 20
+# what waits is dropped and counted.  Meanwhile the tap's own queue holds (and
+# when full, drops) new packets, as with QEMU's tap backend.  A slow guest
+# (TCG) pauses for tens of milliseconds; one that posts nothing for a second
+# is not reading, and stale packets are better dropped than delivered late.
+RX_NO_BUFFER_WAIT_MS = 1000
 # TX when the tap refuses more (EAGAIN): how long to wait for room per try.
 TX_TAP_FULL_WAIT_MS = 10
 
@@ -47,11 +49,16 @@ class QueueWorker(threading.Thread):
         self.error: BaseException | None = None
 
     def stop(self) -> None:
-        """Ask the thread to stop and wait for it."""
+        """Ask the thread to stop and wait for it; hand on coalesced data still held."""
         os.eventfd_write(self._stop_fd, 1)
         if self.is_alive():
             self.join()
         os.close(self._stop_fd)
+        if isinstance(self.path, RxPath) and not self.broken and not self.error:
+            try:
+                self.path.flush_coalesced()
+            except (RingBroken, OSError) as exc:
+                log.info("%s: held coalesced data dropped at stop: %s", self.name, exc)
 
     def _wait(self, fds: list[tuple[int, int]], timeout_ms: int | None) -> set[int]:
         poller = select.poll()
@@ -118,7 +125,9 @@ class QueueWorker(threading.Thread):
                 if not ready:
                     rx.discard(BATCH_BUDGET)
                 continue
-            self._wait([(rx.tap_fd, select.POLLIN)], None)
+            # Sleep until the tap has data or held coalesced data is due
+            # (fill() delivers what is due before reading).
+            self._wait([(rx.tap_fd, select.POLLIN)], rx.coalesce_wait_ms())
 
 
 class _Stop(Exception):
