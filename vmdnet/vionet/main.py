@@ -14,6 +14,7 @@ Counters are printed on SIGUSR1 and at exit; --stats-json also writes them.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from tabulate import tabulate
@@ -138,6 +140,9 @@ class Control:
         self.listener: vsock.Listener | None = None
         self.listening = False          # the listener is in the selector
         self.conn: vsock.Connection | None = None
+        # --connect: when to try the VMM's socket again, and the next backoff.
+        self.retry_at: float | None = None
+        self.retry_delay = vsock.CONNECT_BACKOFF_FIRST
         self.running = True
         self.sig_r, self.sig_w = socket.socketpair()
         self.sig_r.setblocking(False)
@@ -202,7 +207,27 @@ class Control:
             self._connect()
 
     def _connect(self) -> None:
-        self._attach(vsock.connect(self.args.socket))
+        """Try the VMM's socket once; while nobody listens, retry from the loop.
+
+        Retrying here (not in a sleeping loop) keeps signals live: SIGTERM
+        ends a vionet that is waiting for its VMM at once.
+        """
+        try:
+            conn = vsock.connect(self.args.socket, attempts=1)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+                raise
+            self.retry_at = time.monotonic() + self.retry_delay
+            self.retry_delay = min(self.retry_delay * 2, vsock.CONNECT_BACKOFF_MAX)
+            return
+        self.retry_at = None
+        self.retry_delay = vsock.CONNECT_BACKOFF_FIRST
+        self._attach(conn)
+
+    def _timeout(self) -> float:
+        if self.retry_at is None:
+            return REAP_INTERVAL_S
+        return max(0.0, min(REAP_INTERVAL_S, self.retry_at - time.monotonic()))
 
     def _on_conn(self) -> None:
         assert self.conn is not None
@@ -245,7 +270,9 @@ class Control:
             self._watch_listener(True)
             log.info("listening on %s", self.args.socket)
         while self.running:
-            for key, _ in self.sel.select(REAP_INTERVAL_S):
+            if self.retry_at is not None and time.monotonic() >= self.retry_at:
+                self._connect()
+            for key, _ in self.sel.select(self._timeout()):
                 if key.data == "signal":
                     self._on_signal()
                 elif key.data == "listen" and self.listener and not self.conn:
