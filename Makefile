@@ -21,7 +21,8 @@ all:
 
 # System packages the tests and the demo use (Debian 12, as root).
 DEB_PACKAGES = build-essential python3-dev iproute2 ethtool mandoc kmod qemu-system-x86 \
-	busybox-static cpio iperf3 dpdk dpdk-dev librte-net-null23 libseccomp-dev
+	busybox-static cpio iperf3 dpdk dpdk-dev librte-net-null23 libseccomp-dev \
+	openvswitch-switch-dpdk
 deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		$(DEB_PACKAGES) || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
@@ -87,8 +88,11 @@ run-regress-asan: asan
 asan:
 	$(call run_ctests,$(ASAN_FLAGS),-asan)
 
+# Benchmarks: tables printed, JSON under bench/results/ (never asserted).
 bench:
 	$(PYTHON) -m bench.offload
+	$(PYTHON) -m bench.rsc
+	$(PYTHON) -m bench.vionet
 
 lint:
 	$(PYTHON) -m ruff check vmdnet tests bench
