@@ -31,6 +31,7 @@ import select
 import selectors
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ TICK_S = 1.0
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 60.0
 BACKOFF_RESET_S = 30.0
+# A vionet whose channel hit EOF is exiting; this long for its own exit status
+# before it is killed (one that closed the channel on purpose and lives on).
+CHANNEL_EOF_GRACE_S = 1.0
 # Guest MACs vmdnetd makes up: locally administered fe:e1:ba:d0 (as vmd), host
 # side of each tap fe:e1:ba:d1:<vm id>:<interface index>.
 GUEST_MAC_PREFIX = bytes.fromhex("fee1bad0")
@@ -385,10 +389,15 @@ class Parent:
                 v.handle(msgs)
                 return
         except (PrivsepError, OSError) as exc:
-            log.error("vionet %d: %s; stopping it", v.pid, exc)
+            log.error("vionet %d: %s; killing it", v.pid, exc)
             v.proc.kill()
-        # The child closed its end: it is exiting; reap it now.
-        v.proc.wait()
+        # A closed channel: the child is exiting, or closed it on purpose and must not
+        # keep the parent waiting; a vionet without its channel is of no use.
+        try:
+            v.proc.wait(CHANNEL_EOF_GRACE_S)
+        except subprocess.TimeoutExpired:
+            v.proc.kill()
+            v.proc.wait()
         self._vionet_died(ifs)
 
     def _vionet_died(self, ifs: IfaceState) -> None:
