@@ -18,6 +18,17 @@
  *     later; `sealed` records whether the fd carries F_SEAL_SHRINK (QEMU's
  *     memory-backend-memfd seals by default) so the caller can warn.
  *
+ * Guest RAM that vanishes: a VMM that truncates an unsealed file (or a
+ * hugetlbfs file that runs out of pages) turns our next access to the lost
+ * pages into SIGBUS, which would end the process.  Every mapping is listed in
+ * a process-wide guard table, and a SIGBUS handler (installed with the first
+ * mapping) replaces the faulting page of a guarded mapping with a private
+ * zero page and returns: the access is retried and reads zeros, which the
+ * data path treats like any other guest garbage.  vn_mem_sigbus_pages()
+ * counts the pages replaced; the caller polls it and drops that VMM (the
+ * RAM is gone, the device cannot go on).  A SIGBUS outside guest RAM goes
+ * to the handler that was there before, or kills the process as by default.
+ *
  * mmap() needs a page-aligned offset; a region whose mmap_offset is not one
  * is mapped from the page below and `host` points past the slack.
  *
@@ -36,6 +47,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -50,6 +62,126 @@
 void vn_mem_init(struct vn_mem *mem)
 {
 	memset(mem, 0, sizeof(*mem));
+}
+
+/*
+ * The guard table: every guest mapping of the process, for the SIGBUS
+ * handler.  Slots are claimed and released by the thread that changes memory
+ * tables (never while a queue runs on that memory); the handler only reads.
+ * Room for two full tables (the old and the new one while a table is
+ * replaced); mappings beyond it are simply not guarded.
+ */
+#define GUARD_SLOTS (2 * VN_MEM_MAX_REGIONS)
+
+struct guard {
+	uintptr_t base;         /* 0: free slot */
+	uintptr_t len;
+};
+
+static struct guard guards[GUARD_SLOTS];
+static uint64_t sigbus_pages;           /* pages replaced; atomic */
+static uintptr_t guard_page_size;
+static struct sigaction prev_sigbus;
+static int sigbus_installed;
+
+/* Replace the page at @addr with a zero page if it lies in guest RAM. */
+static int guard_fixup(uintptr_t addr)
+{
+	uint32_t i;
+
+	for (i = 0; i < GUARD_SLOTS; i++) {
+		uintptr_t base = __atomic_load_n(&guards[i].base, __ATOMIC_ACQUIRE);
+		uintptr_t len = __atomic_load_n(&guards[i].len, __ATOMIC_RELAXED);
+		void *page;
+
+		if (base == 0 || addr - base >= len)
+			continue;
+		page = (void *)(addr & ~(guard_page_size - 1));
+		if (mmap(page, guard_page_size, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+			return 0;
+		__atomic_add_fetch(&sigbus_pages, 1, __ATOMIC_RELAXED);
+		return 1;
+	}
+	return 0;
+}
+
+/* SIGBUS: survive lost guest RAM, pass anything else on (see Theory of operation). */
+static void on_sigbus(int sig, siginfo_t *si, void *ctx)
+{
+	struct sigaction dfl;
+
+	if (guard_fixup((uintptr_t)si->si_addr))
+		return;
+	if (prev_sigbus.sa_flags & SA_SIGINFO) {
+		prev_sigbus.sa_sigaction(sig, si, ctx);
+		return;
+	}
+	if (prev_sigbus.sa_handler != SIG_DFL && prev_sigbus.sa_handler != SIG_IGN) {
+		prev_sigbus.sa_handler(sig);
+		return;
+	}
+	/* Default action: pending until we return, then it ends the process. */
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigaction(SIGBUS, &dfl, NULL);
+	raise(SIGBUS);
+}
+
+/* Install the SIGBUS handler once; 0 or -errno. */
+static int guard_install(long page)
+{
+	struct sigaction sa;
+
+	if (sigbus_installed)
+		return 0;
+	guard_page_size = (uintptr_t)page;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_sigbus;
+	sa.sa_flags = SA_SIGINFO | SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, &prev_sigbus) < 0)
+		return -errno;
+	sigbus_installed = 1;
+	return 0;
+}
+
+static void guard_add(const void *base, uint64_t len)
+{
+	uint32_t i;
+
+	for (i = 0; i < GUARD_SLOTS; i++) {
+		if (__atomic_load_n(&guards[i].base, __ATOMIC_RELAXED) != 0)
+			continue;
+		__atomic_store_n(&guards[i].len, (uintptr_t)len, __ATOMIC_RELAXED);
+		__atomic_store_n(&guards[i].base, (uintptr_t)base, __ATOMIC_RELEASE);
+		return;
+	}
+}
+
+static void guard_remove(const void *base)
+{
+	uint32_t i;
+
+	for (i = 0; i < GUARD_SLOTS; i++) {
+		if (__atomic_load_n(&guards[i].base, __ATOMIC_RELAXED) == (uintptr_t)base) {
+			__atomic_store_n(&guards[i].base, 0, __ATOMIC_RELEASE);
+			return;
+		}
+	}
+}
+
+/**
+ * vn_mem_sigbus_pages() - guest RAM pages lost under us so far (process-wide)
+ *
+ * Each is a page of a guest mapping that raised SIGBUS (its file was
+ * truncated) and now reads zeros.  A change means the VMM took RAM away.
+ *
+ * Return: the count since the process started
+ */
+uint64_t vn_mem_sigbus_pages(void)
+{
+	return __atomic_load_n(&sigbus_pages, __ATOMIC_RELAXED);
 }
 
 /* Do [a, a+alen) and [b, b+blen) share a byte?  Neither end overflows (checked). */
@@ -142,6 +274,9 @@ int vn_mem_map_region(struct vn_mem *mem, int fd, uint64_t gpa, uint64_t size,
 		return rc;
 	if (page <= 0)
 		return -EINVAL;
+	rc = guard_install(page);
+	if (rc)
+		return rc;
 	aligned = mmap_offset & ~((uint64_t)page - 1);
 	delta = mmap_offset - aligned;
 	if (size > SIZE_MAX - delta || aligned > (uint64_t)INT64_MAX)
@@ -159,6 +294,7 @@ int vn_mem_map_region(struct vn_mem *mem, int fd, uint64_t gpa, uint64_t size,
 	r.map_base = base;
 	r.map_len = size + delta;
 	r.host = (uint8_t *)base + delta;
+	guard_add(base, r.map_len);
 	insert_sorted(mem, &r);
 	return 0;
 }
@@ -180,6 +316,7 @@ int vn_mem_unmap_region(struct vn_mem *mem, uint64_t gpa, uint64_t size)
 
 		if (r->gpa != gpa || r->size != size)
 			continue;
+		guard_remove(r->map_base);
 		munmap(r->map_base, (size_t)r->map_len);
 		memmove(r, r + 1, (mem->nregions - i - 1) * sizeof(*r));
 		mem->nregions--;
@@ -197,8 +334,10 @@ void vn_mem_unmap_all(struct vn_mem *mem)
 {
 	uint32_t i;
 
-	for (i = 0; i < mem->nregions; i++)
+	for (i = 0; i < mem->nregions; i++) {
+		guard_remove(mem->regions[i].map_base);
 		munmap(mem->regions[i].map_base, (size_t)mem->regions[i].map_len);
+	}
 	vn_mem_init(mem);
 }
 

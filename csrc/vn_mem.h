@@ -44,6 +44,7 @@ int vn_mem_unmap_region(struct vn_mem *mem, uint64_t gpa, uint64_t size);
 void vn_mem_unmap_all(struct vn_mem *mem);
 void *vn_gpa_to_host(const struct vn_mem *mem, uint64_t gpa, uint64_t len);
 void *vn_uaddr_to_host(const struct vn_mem *mem, uint64_t uaddr, uint64_t len);
+uint64_t vn_mem_sigbus_pages(void);
 /* VN_CDEF_END */
 
 /* vn_gpa_to_iov() failures. */

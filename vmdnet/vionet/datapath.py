@@ -113,6 +113,16 @@ class MappedRegion:
     sealed: bool
 
 
+def lost_ram_pages() -> int:
+    """Guest RAM pages that vanished under this process so far (SIGBUS caught).
+
+    A VMM that truncates the file behind its RAM would make our next access
+    to it kill the process; csrc/vn_mem.c replaces such pages with zero pages
+    instead and counts them.  When this grows, drop that VMM.
+    """
+    return int(lib.vn_mem_sigbus_pages())
+
+
 class GuestMemory:
     """The guest memory table: regions mapped from the VMM's fds."""
 
@@ -154,8 +164,9 @@ class GuestMemory:
         check_errno(lib.vn_mem_map_region(self.c, r.fd, r.gpa, r.size, r.uaddr, r.mmap_offset),
                     f"map guest region gpa={r.gpa:#x} size={r.size:#x}")
         if not self.c.regions[self._index(r.gpa)].sealed:
-            log.warning("guest region gpa=%#x is not sealed against shrinking: a VMM that "
-                        "truncates it makes this process crash", r.gpa)
+            log.warning("guest region gpa=%#x is not sealed against shrinking: if the VMM "
+                        "truncates it, the lost pages read as zeros and the VMM is dropped",
+                        r.gpa)
 
     def _index(self, gpa: int) -> int:
         for i in range(self.c.nregions):

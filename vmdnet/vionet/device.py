@@ -41,6 +41,7 @@ from vmdnet.vionet.datapath import (
     TxConfig,
     TxPath,
     Vring,
+    lost_ram_pages,
 )
 from vmdnet.vionet.worker import QueueWorker
 from vmdnet.virtio import features as vf
@@ -101,7 +102,8 @@ class Vionet:
         self.hdr_sz = 12
         self.tap_offload = 0
         self.counters = {"connections": 0, "disconnects": 0, "protocol_errors": 0,
-                         "ring_resets": 0, "feature_changes": 0}
+                         "ring_resets": 0, "feature_changes": 0, "ram_pages_lost": 0}
+        self._lost_seen = lost_ram_pages()
         self.started = time.monotonic()
 
     # --- vhost-user events -------------------------------------------------
@@ -256,13 +258,28 @@ class Vionet:
         if w.broken:
             self.counters["ring_resets"] += 1
 
-    def reap(self) -> None:
-        """Called by the control loop: account for queues the guest broke."""
+    def reap(self) -> bool:
+        """Called by the control loop: account for queues the guest broke.
+
+        Returns True when the VMM took guest RAM away (truncated its file):
+        the device cannot go on with that VMM, the caller drops it.
+        """
         for q in self.queues.values():
             if q.worker and not q.worker.is_alive():
                 self._note_worker_end(q.worker)
                 q.worker.stop()
                 q.worker = None
+        return self._ram_lost()
+
+    def _ram_lost(self) -> bool:
+        lost = lost_ram_pages() - self._lost_seen
+        if lost == 0:
+            return False
+        self._lost_seen += lost
+        self.counters["ram_pages_lost"] += lost
+        log.warning("the VMM took %d page(s) of guest RAM away (its file was truncated); "
+                    "dropping the connection", lost)
+        return True
 
     # --- connection lifecycle ----------------------------------------------
     def connected(self) -> None:

@@ -279,7 +279,8 @@ class Control:
                     self._attach(self.listener.accept())
                 elif key.data == "conn" and self.conn:
                     self._on_conn()
-            self.dev.reap()
+            if self.dev.reap() and self.conn:
+                self._detach()
         return 0
 
     def close(self) -> None:
