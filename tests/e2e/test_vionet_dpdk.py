@@ -652,29 +652,14 @@ def test_rx_frames_reach_the_guest(bench: Bench, vionet: Vionet) -> None:
     assert not drops, drops
 
 
-def test_rx_gso_reaches_the_guest(bench: Bench, vionet: Vionet) -> None:
-    """64 KiB TCP GSO frames written into tap B (virtio_net_hdr TCPV4/6 + NEEDS_CSUM).
-
-    The guest (virtio_user with RX checksum and LRO offloads) negotiates
-    GUEST_TSO4/6 only where vionet offers it (vnet header passthrough with
-    every offload): then each arrives whole, spread over merged 2 KiB buffers,
-    marked LRO with a partial checksum.  Otherwise the kernel segments in
-    front of tap A and the guest gets MSS-sized segments.  Sizes come from
-    testpmd's verbose packet dump.
-    """
-    frames = [superframe(v6=bool(i % 2), seq=5000 + i * 100_000, to_guest=True,
-                         seed_only=True) for i in range(RX_SUPER_FRAMES)]
-    whole = vionet.mode == "passthrough"
+def rx_gso(bench: Bench, v: Vionet, frames: Sequence[bytes], whole: bool,
+           offloads: Sequence[str]) -> RxResult:
+    """Write `frames` as GSO into tap B, paced; the guest expects them whole or cut."""
     per_frame = 1 if whole else SUPER_SEGMENTS
     bursts = [(frames[i:i + RX_SUPER_BURST], per_frame * len(frames[i:i + RX_SUPER_BURST]))
               for i in range(0, len(frames), RX_SUPER_BURST)]
-    # LRO only where offered (asking for it otherwise fails the port's configuration).
-    offloads = d.RX_OFFLOADS_ALL if whole else ("udp_cksum", "tcp_cksum")
-    r = guest_rx(bench, vionet, bursts, hdr=lambda f: gso_write(f)[:VNET_HDR_SZ],
-                 capture=False, rx_offloads=offloads, verbose=True)
-    assert ("TCP_LRO" in r.rx_caps) == whole, r.rx_caps
-    log.warning("%s RX GSO: %d super-frames (%d B) in %.2f s (paced)", vionet.mode,
-                len(frames), sum(map(len, frames)), r.elapsed)
+    r = guest_rx(bench, v, bursts, hdr=lambda f: gso_write(f)[:VNET_HDR_SZ], capture=False,
+                 rx_offloads=offloads, verbose=True)
     pkts = r.res.packets
     assert len(pkts) == len(frames) * per_frame, f"{len(pkts)} packets in the guest"
     if whole:
@@ -688,6 +673,33 @@ def test_rx_gso_reaches_the_guest(bench: Bench, vionet: Vionet) -> None:
     assert sum(p.length for p in pkts) == r.stats["bytes"], r.stats
     drops = r.drops
     assert not drops, drops
+    return r
+
+
+def test_rx_gso_reaches_the_guest(bench: Bench, vionet: Vionet) -> None:
+    """64 KiB TCP GSO frames written into tap B (virtio_net_hdr TCPV4/6 + NEEDS_CSUM).
+
+    A guest (virtio_user) with RX checksum and LRO offloads negotiates
+    GUEST_TSO4/6 only where vionet offers it (vnet header passthrough with
+    every offload): there each frame arrives whole, spread over merged 2 KiB
+    buffers, marked LRO.  Otherwise the kernel segments in front of tap A and
+    the guest gets MSS-sized segments.  The next guest, without any RX
+    offload, must get segments in every mode: vionet resets the tap's
+    offloads (TUNSETOFFLOAD) for it.  Sizes come from testpmd's verbose dump.
+    """
+    frames = [superframe(v6=bool(i % 2), seq=5000 + i * 100_000, to_guest=True,
+                         seed_only=True) for i in range(RX_SUPER_FRAMES)]
+    whole = vionet.mode == "passthrough"
+    # LRO only where offered (asking for it otherwise fails the port's configuration).
+    offloads = d.RX_OFFLOADS_ALL if whole else ("udp_cksum", "tcp_cksum")
+    r = rx_gso(bench, vionet, frames, whole, offloads)
+    assert ("TCP_LRO" in r.rx_caps) == whole, r.rx_caps
+    log.warning("%s RX GSO: %d super-frames (%d B) in %.2f s (paced)", vionet.mode,
+                len(frames), sum(map(len, frames)), r.elapsed)
+    assert bool(vionet.stats()["tap"]["tun_offload_flags"]) == (vionet.mode != "no-vnet-hdr")
+    # The next guest takes no offload at all.
+    rx_gso(bench, vionet, frames[:RX_SUPER_BURST], False, ())
+    assert vionet.stats()["tap"]["tun_offload_flags"] == 0
 
 
 def test_reconnect_after_testpmd_is_killed(bench: Bench, vionet: Vionet) -> None:
@@ -718,6 +730,10 @@ def test_reconnect_after_testpmd_is_killed(bench: Bench, vionet: Vionet) -> None
     r = guest_tx(bench, vionet, frames, len(frames))
     problem = mismatch(r.arrived, frames)
     assert problem is None, f"after reconnect: {problem}"
+    rx_frames = small_frames(to_guest=True) * (RX_BURST // 7)
+    rx = guest_rx(bench, vionet, [(rx_frames, len(rx_frames))])
+    problem = mismatch(rx.res.frames, rx_frames)
+    assert problem is None, f"to the guest after reconnect: {problem}"
     after = vionet.stats()
-    assert after["connections"] == before["connections"] + 2
+    assert after["connections"] == before["connections"] + 3
     assert not after["queues"] or all(q["broken"] is None for q in after["queues"].values())
