@@ -5,13 +5,14 @@ rings, SCM_RIGHTS, eventfds) plays a VMM and guest that break every rule: bad
 descriptor addresses, indexes, lengths, loops, over-long chains, indirect
 table misuse, bad virtio_net_hdr, ring sizes that are not powers of two,
 memory tables with overlapping, oversized or too many regions, vrings outside
-memory, and RAM shrunk under the back-end.
+memory, RAM shrunk under the back-end, malformed messages, replies left
+unread, notification fds that block, a second VMM knocking meanwhile.
 
 Every case checks what issue 3 promises, against the real process:
 
 - counted: vionet's counters (SIGUSR1 -> --stats-json) move by exactly one,
   under the right name (tx/rx `drops.<reason>`, `ring_errors.<reason>`,
-  top-level `ring_resets`, `protocol_errors`);
+  top-level `ring_resets`, `protocol_errors`, `ram_pages_lost`);
 - the device is reset: a broken ring stops (its worker ends; the control loop
   reaps it and counts `ring_resets`) and restarts when the front-end sets it
   up again; a bad packet is dropped and the next good one still goes out; a
@@ -24,8 +25,10 @@ Every case checks what issue 3 promises, against the real process:
 
 One vionet serves the whole module, so each case also proves it survived all
 the cases before it; if a case kills it, that case fails and a new one is
-started for the next.  The unsealed-shrink case gets its own process.
-Frames use 198.18.3.0/24 and locally administered MACs only.
+started for the next.  A last case checks that nothing (fds, threads, guest
+RAM) stays behind after VMMs are gone.  Frames use 198.18.3.0/24 and locally
+administered MACs only.  Run: `pytest tests/e2e/test_vionet_hostile.py` as
+root (about 20 s).
 """
 
 from __future__ import annotations
