@@ -297,6 +297,10 @@ def test_status_shows_both_vms(daemon: Daemon) -> None:
 def test_guests_ping_each_other(daemon: Daemon) -> None:
     ping(daemon, "alpha", GUEST_B)
     ping(daemon, "beta", GUEST_A)
+    # Everything the console printed is also in its log file.
+    for vm, mac in (("alpha", "fe:e1:ba:d0:00:01"), ("beta", "fe:e1:ba:d0:00:02")):
+        text = (daemon.rundir / vm / "console.log").read_text(errors="replace")
+        assert f"vn: eth0 up: {mac}" in text and "0% packet loss" in text
 
 
 def test_switch_and_local_interface_on_the_host(daemon: Daemon, ns: GuestNetns) -> None:
