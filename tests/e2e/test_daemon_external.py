@@ -7,7 +7,8 @@ SO_PEERCRED on a control connection and it is stopped by that PID.
 
 Checked: the detached daemon answers; a VMM connection gets a sandboxed vionet
 that answers vhost-user; a second connection replaces it; a killed vionet is
-replaced on the next connection; stop removes the tap and the socket; SIGTERM
+replaced on the next connection; reload with a changed switch restarts the VM on
+it; stop removes the tap and the socket; SIGTERM
 removes the bridge it created and the control socket. Namespace vn-daemon-ext-<pid>.
 """
 
@@ -68,17 +69,7 @@ class ExternalSetup:
         self.sock = str(workdir / "ext.sock")
         self.ctl = str(workdir / "ctl.sock")
         self.conf = workdir / "vmdnet.conf"
-        self.conf.write_text(f"""switch "lan" {{
-	interface "{BRIDGE}"
-}}
-vm "ext" {{
-	interface "{TAP}" {{
-		switch "lan"
-		vhost-user socket "{self.sock}"
-		offload {{ csum }}
-	}}
-}}
-""")
+        self.conf.write_text(self.config())
         self.daemon_pid: int | None = None
         self.seen: set[int] = set()
         res = ns.run([sys.executable, "-m", "vmdnet.daemon", "-f", str(self.conf), "-r",
@@ -93,6 +84,20 @@ vm "ext" {{
             pid, _, _ = UCRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                   UCRED.size))
         self.daemon_pid = pid
+
+    def config(self, group: str | None = None) -> str:
+        grp = f'\n\tgroup "{group}"' if group else ""
+        return f"""switch "lan" {{
+	interface "{BRIDGE}"{grp}
+}}
+vm "ext" {{
+	interface "{TAP}" {{
+		switch "lan"
+		vhost-user socket "{self.sock}"
+		offload {{ csum }}
+	}}
+}}
+"""
 
     def status(self) -> dict:
         (vm,) = ask(self.ctl, Request("status"))
@@ -202,13 +207,24 @@ def test_external_vmm_lifecycle(setup: ExternalSetup) -> None:
             decode_answer(answer)
         assert setup.status()["name"] == "ext"
 
+    # reload: a changed switch restarts the VMs on it (their taps join the new bridge).
+    setup.conf.write_text(setup.config(group="extlan"))
+    assert "1 vm(s) changed" in ask(setup.ctl, Request("reload"))
+    assert third.recv(64) == b""
+    third.close()
+    link = setup.ns.run(["ip", "-d", "link", "show", BRIDGE]).stdout
+    assert "alias vmdnet group extlan" in link, link
+    fourth = vmm_connect(setup.sock)
+    pid4 = setup.vionet_pid(not_pid=pid3)
+    assert get_features(fourth) & VIRTIO_F_VERSION_1
+
     # stop: the vionet, the tap and the socket go away.
     assert "stopped" in ask(setup.ctl, Request("stop", "ext"))
     assert setup.status()["state"] == STATE_STOPPED
-    assert third.recv(64) == b""
-    third.close()
-    assert not Path(f"/proc/{pid3}").exists() or b"vionet" not in \
-        Path(f"/proc/{pid3}/cmdline").read_bytes()
+    assert fourth.recv(64) == b""
+    fourth.close()
+    assert not Path(f"/proc/{pid4}").exists() or b"vionet" not in \
+        Path(f"/proc/{pid4}/cmdline").read_bytes()
     assert not os.path.exists(setup.sock)
     assert setup.ns.run(["ip", "link", "show", TAP], check=False).returncode != 0
 

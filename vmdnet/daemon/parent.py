@@ -125,6 +125,15 @@ class VmState:
         return self.state in (STATE_RUNNING, STATE_NO_VMM)
 
 
+def _vm_changed(old: Config, new: Config, vm: Vm) -> bool:
+    """Whether VM must restart on reload: it changed, went away, or a switch one of its
+    interfaces is on changed (its taps would stay on the old bridge)."""
+    if new.vm(vm.name) != vm:
+        return True
+    switches = {i.switch for i in vm.interfaces if i.switch is not None}
+    return any(old.switch(s) != new.switch(s) for s in switches)
+
+
 def backoff(failures: int) -> float:
     if failures <= 0:
         return 0.0
@@ -515,7 +524,7 @@ class Parent:
             raise control.CommandFailed(f"configuration refused, nothing changed:\n{msg}") from None
         old = self.config
         self.config = new
-        changed = [v.name for v in old.vms if new.vm(v.name) != v]
+        changed = [v.name for v in old.vms if _vm_changed(old, new, v)]
         for name in changed:
             self.stop_vm(name)
             if new.vm(name) is None:
