@@ -897,12 +897,11 @@ def _small_pipe() -> tuple[int, int]:
     return w, r
 
 
-@pytest.mark.parametrize("make", [_full_eventfd, _small_pipe], ids=["full_eventfd", "pipe"])
-def test_call_fd_that_blocks(vionet: Vionet, device: Device, make) -> None:
-    """A call fd whose write would block must not hang the queue thread, or with it the
-    control loop that stops it: vionet keeps sending, and a disconnect still works."""
+def test_call_fd_that_blocks(vionet: Vionet, device: Device) -> None:
+    """A call eventfd whose write would block must not hang the queue thread, or with it
+    the control loop that stops it: vionet keeps sending, and a disconnect still works."""
     tx = device.tx
-    call_fd, keep = make()
+    call_fd, _ = _full_eventfd()
     try:
         device.fe.set_vring_fd(Request.SET_VRING_CALL, TX, call_fd)
         before = vionet.stats()
@@ -914,8 +913,46 @@ def test_call_fd_that_blocks(vionet: Vionet, device: Device, make) -> None:
         assert delta(before, after, "tx", "packets") == BLOCKED_CALL_PACKETS
     finally:
         device.close()
-        for fd in {call_fd, keep}:
-            os.close(fd)
+        os.close(call_fd)
+    assert_survives(vionet)
+
+
+def _regular_file() -> tuple[int, int]:
+    """A memfd: a regular file, always readable (a kick fd that never stops kicking)."""
+    fd = os.memfd_create("vn-not-an-eventfd", os.MFD_CLOEXEC)
+    return fd, fd
+
+
+def _unix_socket() -> tuple[int, int]:
+    a, b = socket.socketpair()
+    return a.detach(), b.detach()
+
+
+NOT_EVENTFDS = {"full_pipe": _small_pipe, "regular_file": _regular_file,
+                "unix_socket": _unix_socket}
+
+
+@pytest.mark.parametrize("request_", [Request.SET_VRING_KICK, Request.SET_VRING_CALL],
+                         ids=["kick", "call"])
+@pytest.mark.parametrize("kind", list(NOT_EVENTFDS))
+def test_notify_fd_not_an_eventfd(vionet: Vionet, device: Device, request_: Request,
+                                  kind: str) -> None:
+    """vhost-user kick and call fds are eventfds; anything else ends the connection."""
+    fd, other = NOT_EVENTFDS[kind]()
+    before = vionet.stats()
+    try:
+        try:
+            device.fe.set_vring_fd(request_, TX, fd)    # acked, then refused by the device
+        except BackendClosed:
+            pass
+        device.fe.expect_closed()
+        after = vionet.wait_stats(lambda s: delta(before, s, "disconnects") >= 1,
+                                  "disconnect")
+        assert delta(before, after, "protocol_errors") == 1
+    finally:
+        device.close()
+        for x in {fd, other}:
+            os.close(x)
     assert_survives(vionet)
 
 

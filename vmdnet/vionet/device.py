@@ -14,8 +14,10 @@ privileged parent under vmdnetd.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -50,17 +52,22 @@ log = logging.getLogger(__name__)
 
 
 def _notify_fd(fd: int | None) -> int:
-    """A kick or call fd from the VMM, made non-blocking; -1 for none.
+    """A kick or call fd from the VMM, checked and made non-blocking; -1 for none.
 
-    The VMM chooses these fds: a blocking one could stall a queue thread for
-    good (an eventfd whose counter the VMM filled, a pipe nobody reads), and
-    the control thread with it when it stops that queue.  O_NONBLOCK is set on
-    the file description the VMM shares; QEMU's own event notifiers have it
-    already.  A notification that would block is dropped (the guest is then
-    owed one; that is the VMM's doing).
+    vhost-user passes eventfds here.  Anything else is refused (OSError: the
+    connection is dropped): a regular file or /dev/zero as kick fd is always
+    readable and would keep a queue thread spinning.  eventfds are anonymous
+    inodes (no file type bits); so are a few other kinds, which do no harm.
+    A blocking fd could stall a queue thread for good (an eventfd whose
+    counter the VMM filled), and the control thread with it when it stops
+    that queue: O_NONBLOCK is set on the file description the VMM shares
+    (QEMU's own event notifiers have it already).  A notification that would
+    block is dropped (the guest is then owed one; that is the VMM's doing).
     """
     if fd is None:
         return -1
+    if stat.S_IFMT(os.fstat(fd).st_mode) != 0:
+        raise OSError(errno.EINVAL, f"vring kick/call fd {fd} is not an eventfd")
     os.set_blocking(fd, False)
     return fd
 
