@@ -23,6 +23,7 @@ from typing import Any
 from vmdnet.daemon.procs import stop_process
 from vmdnet.privsep.channel import Channel, socketpair
 from vmdnet.privsep.codec import (
+    ACCEPTS,
     PARENT_ID,
     VNET_HDR_SIZES,
     LogVerbose,
@@ -40,6 +41,12 @@ from vmdnet.tun import caps as tcaps
 from vmdnet.tun import linux as tun
 
 log = logging.getLogger(__name__)
+
+# What the parent accepts from a vionet (the codec refuses everything else):
+#   TAP_SET_OFFLOAD       checked against offload_ceiling(), then TUNSETOFFLOAD
+#   TAP_SET_VNET_HDR_SZ   one of VNET_HDR_SIZES, then TUNSETVNETHDRSZ
+#   STATS                 only as the answer to our STATS_REQUEST
+ACCEPTED_FROM_VIONET = ACCEPTS[Peer.PARENT][Peer.VIONET]
 
 # Every GUEST_* bit set: the most a guest could negotiate, for the offload ceiling.
 ALL_FEATURE_BITS = 2**64 - 1

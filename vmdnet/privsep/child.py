@@ -20,6 +20,7 @@ from typing import Any
 
 from vmdnet.privsep.channel import Channel
 from vmdnet.privsep.codec import (
+    ACCEPTS,
     LogVerbose,
     Message,
     Peer,
@@ -33,6 +34,13 @@ from vmdnet.privsep.codec import (
 )
 
 log = logging.getLogger(__name__)
+
+# What a vionet accepts from the parent (the codec refuses everything else):
+#   RESULT          the answer to one of our tap requests (matched by seq)
+#   STATS_REQUEST   answered with stats_fn()
+#   LOG_VERBOSE     the root logger's level
+#   VHOST_USER_FD   a new connection for on_vhost_user_fd (closed if there is none)
+ACCEPTED_FROM_PARENT = ACCEPTS[Peer.VIONET][Peer.PARENT]
 
 # The parent answers a tap request at once (one ioctl); a minute means it is wedged.
 REQUEST_TIMEOUT_S = 60.0
