@@ -11,7 +11,7 @@ CWARN = -Wall -Wextra -Wconversion -Wno-unused-parameter -std=gnu11
 CSRC = $(filter-out csrc/vn_version.c,$(wildcard csrc/*.c))
 
 REGRESS_TARGETS = run-regress-unit run-regress-ctest run-regress-asan run-regress-config \
-	run-regress-offload-oracle run-regress-e2e
+	run-regress-offload-oracle run-regress-e2e run-regress-daemon
 
 .PHONY: all deps demo install regress bench lint asan clean $(REGRESS_TARGETS)
 
@@ -81,7 +81,11 @@ run-regress-ctest:
 
 # End to end: the test guest (QEMU/TCG) and DPDK virtio_user as clients of vionet.
 run-regress-e2e:
-	$(call pytest_target,tests/e2e)
+	$(call pytest_target,tests/e2e --ignore-glob='tests/e2e/test_daemon*')
+
+# vmdnetd + vmdnetctl: QEMU guests on a switch, privilege separation, restarts, reload.
+run-regress-daemon:
+	$(call pytest_target,tests/e2e/test_daemon.py tests/e2e/test_daemon_external.py)
 
 run-regress-asan: asan
 
