@@ -52,6 +52,20 @@
  * header written for it, with DATA_VALID when vn_verify() approves the
  * checksums and the guest negotiated GUEST_CSUM.
  *
+ * Locked lladdr (cfg->locked): TX refuses a frame whose Ethernet source, or
+ * (for ARP, also behind up to two VLAN tags) whose sender hardware address,
+ * is not cfg->lladdr; RX refuses unicast frames (I/G bit clear) addressed to
+ * another MAC.  Both look only at bytes already copied (the TX peek, the RX
+ * bounce buffer) or at six bytes copied out of the guest buffer after a
+ * direct read, so the guest cannot change what was checked.
+ *
+ * Frames vionet answers itself (DHCP on a local interface): with
+ * cfg->intercept_dhcp, TX copies an untagged IPv4/UDP frame to port 67 into
+ * the intercept ring (vn_pktring.c) instead of the tap; the answers come
+ * back through the RX inject ring, which vn_rx_fill() delivers before
+ * reading the tap, with a zero header (DATA_VALID when vn_verify() approves
+ * and the guest has GUEST_CSUM).
+ *
  * Bad chains (fault from the walk, RX buffer shorter than the header) are
  * returned with length 0 and counted; a broken ring stops the call with
  * -EIO, after making visible what was already completed.  Used elements are
@@ -226,6 +240,71 @@ static void finish_batch(struct vn_vring *vq, struct vn_stats *st, uint16_t used
 #define TX_PUBLISH_EVERY 32u
 
 enum tx_result { TX_DONE, TX_AGAIN };
+
+/* Ethertypes the lladdr lock and the DHCP intercept look at. */
+#define ETH_P_IPV4 0x0800
+#define ETH_P_ARP 0x0806
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88a8
+/* VLAN tags the lock looks through: as many as VN_HDR_PEEK is sized for;
+ * a frame with more is refused (it could hide an ARP sender). */
+#define LOCK_VLAN_TAGS_MAX 2
+#define VLAN_TAG_LEN 4
+#define ETH_SRC_OFF 6
+#define ETH_ALEN 6
+#define ETH_TYPE_OFF 12
+/* ARP (RFC 826) over Ethernet: htype 1, hlen 6; the sender hardware
+ * address follows htype, ptype, hlen, plen and oper (8 bytes). */
+#define ARP_HTYPE_ETHER 1
+#define ARP_HLEN_OFF 4
+#define ARP_SHA_OFF 8
+/* The DHCP server port (RFC 2131, 4.1); IPv4 flags+offset: MF and offset. */
+#define DHCP_SERVER_PORT 67
+#define IPV4_PROTO_UDP 17
+#define IPV4_FRAG_MASK 0x3fff
+
+/* Locked lladdr: 0 when the frame's source and ARP sender are the guest's,
+ * else the drop reason.  @p holds the frame's first @len bytes. */
+static unsigned int tx_lock_check(const struct vn_txcfg *cfg, const uint8_t *p, size_t len)
+{
+	size_t off = VN_ETH_HLEN;
+	uint16_t type;
+	int tags = 0;
+
+	if (len < VN_ETH_HLEN || memcmp(p + ETH_SRC_OFF, cfg->lladdr, ETH_ALEN) != 0)
+		return VN_DROP_LOCKED_SRC;
+	type = vn_get16(p + ETH_TYPE_OFF);
+	while (type == ETH_P_8021Q || type == ETH_P_8021AD) {
+		if (tags == LOCK_VLAN_TAGS_MAX || off + VLAN_TAG_LEN > len)
+			return VN_DROP_LOCKED_ARP;
+		type = vn_get16(p + off + 2);
+		off += VLAN_TAG_LEN;
+		tags++;
+	}
+	if (type != ETH_P_ARP)
+		return 0;
+	if (off + ARP_SHA_OFF + ETH_ALEN > len || vn_get16(p + off) != ARP_HTYPE_ETHER ||
+	    p[off + ARP_HLEN_OFF] != ETH_ALEN ||
+	    memcmp(p + off + ARP_SHA_OFF, cfg->lladdr, ETH_ALEN) != 0)
+		return VN_DROP_LOCKED_ARP;
+	return 0;
+}
+
+/* An untagged, unfragmented IPv4/UDP frame to the DHCP server port. */
+static int tx_is_dhcp(const uint8_t *p, size_t len)
+{
+	const uint8_t *ip = p + VN_ETH_HLEN;
+	size_t ihl;
+
+	if (len < VN_ETH_HLEN + VN_IPV4_HLEN + VN_UDP_HLEN || vn_get16(p + ETH_TYPE_OFF) != ETH_P_IPV4)
+		return 0;
+	ihl = (size_t)(ip[0] & 0x0f) * 4;
+	if ((ip[0] >> 4) != 4 || ihl < VN_IPV4_HLEN || VN_ETH_HLEN + ihl + VN_UDP_HLEN > len)
+		return 0;
+	if (ip[9] != IPV4_PROTO_UDP || (vn_get16(ip + 6) & IPV4_FRAG_MASK) != 0)
+		return 0;
+	return vn_get16(ip + ihl + 2) == DHCP_SERVER_PORT;
+}
 
 static void hdr_parse(const uint8_t *b, struct vn_net_hdr *h)
 {
@@ -428,6 +507,26 @@ static int tx_software(struct vn_work *w, struct tx_frame *f, int tap_fd,
 	return TX_DONE;
 }
 
+/* Hand a frame to the intercept ring (a stable copy) instead of the tap. */
+static void tx_intercept(struct vn_work *w, const struct tx_frame *f,
+			 const struct vn_txcfg *cfg, struct vn_stats *st)
+{
+	uint8_t *slot;
+
+	if (f->len > VN_PKTRING_SLOT_SZ) {
+		count_drop(st, VN_DROP_INTERCEPT_LONG);
+		return;
+	}
+	slot = vn_pktring_slot(cfg->intercept);
+	if (!slot) {
+		count_drop(st, VN_DROP_INTERCEPT_FULL);
+		return;
+	}
+	vn_iov_to_buf(w->iov + f->first, f->n, 0, slot, f->len);
+	vn_pktring_commit(cfg->intercept, f->len);
+	st->intercepted++;
+}
+
 /* One walked chain: validate, then pass through or fix in software. */
 static int tx_one(struct vn_work *w, const struct vn_chain *c, int tap_fd,
 		  const struct vn_txcfg *cfg, struct vn_stats *st)
@@ -460,6 +559,19 @@ static int tx_one(struct vn_work *w, const struct vn_chain *c, int tap_fd,
 		f.h.flags &= VN_HDR_F_NEEDS_CSUM;
 		w->hdr_raw[0] = f.h.flags;
 		st->hdr_flags_cleared++;
+	}
+	if (cfg->locked) {
+		unsigned int why = tx_lock_check(cfg, w->peek, peek_len);
+
+		if (why) {
+			count_drop(st, why);
+			return TX_DONE;
+		}
+	}
+	if (cfg->intercept_dhcp && cfg->intercept && f.h.gso_type == VN_GSO_NONE &&
+	    tx_is_dhcp(w->peek, peek_len)) {
+		tx_intercept(w, &f, cfg, st);
+		return TX_DONE;
 	}
 	{
 		uint32_t need = offloads_needed(&f.h, &f.pkt);
@@ -642,6 +754,17 @@ static uint64_t win_usable(const struct vn_work *w, const struct vn_rxcfg *cfg)
 	return cfg->mrg_rxbuf ? w->cap : w->chain_cap[0];
 }
 
+/* Locked lladdr: may this frame (its first @len bytes) go to the guest?
+ * Group addresses (I/G bit set) always may; unicast only to the guest. */
+static int rx_dst_ok(const struct vn_rxcfg *cfg, const uint8_t *frame, size_t len)
+{
+	if (!cfg->locked)
+		return 1;
+	if (len < ETH_ALEN)
+		return 0;
+	return (frame[0] & 1) || memcmp(frame, cfg->lladdr, ETH_ALEN) == 0;
+}
+
 /* A tap without a vnet header: write the header the guest expects. */
 static void rx_make_hdr(struct vn_work *w, const struct vn_rxcfg *cfg, struct vn_stats *st,
 			size_t frame_len)
@@ -718,6 +841,10 @@ static int rx_bounced(struct vn_vring *vq, const struct vn_rxcfg *cfg, struct vn
 		count_drop(st, VN_DROP_RX_TRUNCATED);
 		return -1;
 	}
+	if (!rx_dst_ok(cfg, w->buf + cfg->hdr_sz, (size_t)(total - cfg->hdr_sz))) {
+		count_drop(st, VN_DROP_LOCKED_DST);
+		return -1;
+	}
 	if (total > win_usable(w, cfg)) {
 		if (cfg->mrg_rxbuf && stop == WIN_EMPTY) {
 			w->parked_len = (uint32_t)total;
@@ -730,6 +857,45 @@ static int rx_bounced(struct vn_vring *vq, const struct vn_rxcfg *cfg, struct vn
 	vn_buf_to_iov(w->iov, w->niov, 0, w->buf, total);
 	rx_deliver(vq, cfg, st, total);
 	return 1;
+}
+
+/* Deliver frames from the inject ring (before anything from the tap) while
+ * the guest's buffers take them; *starved set when they ran out. */
+static uint32_t rx_inject(struct vn_vring *vq, const struct vn_mem *mem,
+			  const struct vn_rxcfg *cfg, struct vn_stats *st, int *starved)
+{
+	struct vn_work *w = vq->work;
+	const uint8_t *f;
+	uint32_t n = 0, len = 0;
+
+	while ((f = vn_pktring_peek(cfg->inject, &len)) != NULL) {
+		uint64_t total = (uint64_t)cfg->hdr_sz + len;
+		uint8_t hdr[VN_NET_HDR_MAX] = { 0 };
+		enum win_stop stop = rx_peek(vq, mem, cfg, st, total);
+
+		if (stop == WIN_BROKEN)
+			break;
+		if (win_usable(w, cfg) < total) {
+			if (w->nchains == 0 || stop == WIN_EMPTY) {
+				*starved = 1;
+				break;
+			}
+			vn_pktring_pop(cfg->inject);    /* can never fit this window */
+			count_drop(st, VN_DROP_RX_TRUNCATED);
+			continue;
+		}
+		if (cfg->guest_csum && vn_verify(f, len)) {
+			hdr[0] = VN_HDR_F_DATA_VALID;
+			st->rx_data_valid++;
+		}
+		vn_buf_to_iov(w->iov, w->niov, 0, hdr, cfg->hdr_sz);
+		vn_buf_to_iov(w->iov, w->niov, cfg->hdr_sz, f, len);
+		vn_pktring_pop(cfg->inject);
+		rx_deliver(vq, cfg, st, total);
+		st->injected++;
+		n++;
+	}
+	return n;
 }
 
 static int rx_cfg_ok(const struct vn_rxcfg *cfg, uint64_t *max_pkt)
@@ -867,6 +1033,10 @@ static uint32_t rx_fill_rsc(struct vn_vring *vq, const struct vn_mem *mem, int t
 			count_drop(st, VN_DROP_RX_TRUNCATED);
 			continue;
 		}
+		if (!rx_dst_ok(cfg, w->buf + off, (size_t)n - off)) {
+			count_drop(st, VN_DROP_LOCKED_DST);
+			continue;
+		}
 		if (off)
 			hdr_parse(w->buf, &in);
 		k = vn_rsc_push(cfg->rsc, off ? &in : NULL, w->buf + off, (size_t)n - off,
@@ -947,8 +1117,12 @@ int vn_rx_fill(struct vn_vring *vq, const struct vn_mem *mem, int tap_fd,
 	w->nchains = w->niov = 0;
 	w->cap = 0;
 	used_before = vq->last_used_idx;
-	if (cfg->rsc && cfg->mrg_rxbuf && !w->parked_len) {
-		delivered = rx_fill_rsc(vq, mem, tap_fd, cfg, st, budget, max_pkt, &starved);
+	if (cfg->inject)
+		delivered = rx_inject(vq, mem, cfg, st, &starved);
+	if (starved)
+		taken = budget;         /* the guest has no room for more */
+	else if (cfg->rsc && cfg->mrg_rxbuf && !w->parked_len) {
+		delivered += rx_fill_rsc(vq, mem, tap_fd, cfg, st, budget, max_pkt, &starved);
 		taken = budget;         /* skip the plain loop */
 	}
 	while (taken < budget) {
@@ -981,6 +1155,17 @@ int vn_rx_fill(struct vn_vring *vq, const struct vn_mem *mem, int tap_fd,
 			if ((uint64_t)n > win_usable(w, cfg) || (size_t)n < cfg->hdr_sz) {
 				count_drop(st, VN_DROP_RX_TRUNCATED);
 				continue;
+			}
+			if (cfg->locked) {
+				uint8_t dst[ETH_ALEN];
+				size_t got = vn_iov_to_buf(w->iov, w->niov, cfg->hdr_sz, dst,
+							   sizeof(dst));
+
+				if (!rx_dst_ok(cfg, dst, got < (size_t)n - cfg->hdr_sz ?
+						got : (size_t)n - cfg->hdr_sz)) {
+					count_drop(st, VN_DROP_LOCKED_DST);
+					continue;
+				}
 			}
 			rx_deliver(vq, cfg, st, (uint64_t)n);
 			delivered++;

@@ -9,6 +9,7 @@
 
 #include "vn_mem.h"
 #include "vn_offload.h"
+#include "vn_pktring.h"
 #include "vn_vring.h"
 
 /* VN_CDEF_BEGIN */
@@ -61,7 +62,12 @@ enum vn_drop {
 	VN_DROP_RX_TRUNCATED = 39,      /* RX packet larger than the guest's buffers */
 	VN_DROP_RX_NO_BUFFERS = 40,     /* RX packet discarded: the guest posted no buffers */
 	VN_DROP_RX_BUF_SHORT = 41,      /* RX buffer smaller than the virtio_net_hdr */
-	VN_DROP_MAX_ = 42
+	VN_DROP_LOCKED_SRC = 42,        /* TX, locked lladdr: Ethernet source is not the guest's */
+	VN_DROP_LOCKED_ARP = 43,        /* TX, locked lladdr: ARP sender is not the guest's */
+	VN_DROP_LOCKED_DST = 44,        /* RX, locked lladdr: unicast to another address */
+	VN_DROP_INTERCEPT_FULL = 45,    /* TX: frame to answer here, intercept ring full */
+	VN_DROP_INTERCEPT_LONG = 46,    /* TX: frame to answer here, longer than a ring slot */
+	VN_DROP_MAX_ = 47
 };
 
 struct vn_rsc;
@@ -72,6 +78,11 @@ struct vn_txcfg {
 	uint32_t tap_has_vnet_hdr;      /* IFF_VNET_HDR with vnet_hdr_sz == hdr_sz */
 	uint32_t tap_offloads;          /* VN_TUN_F_* the tap may be given; the rest in software */
 	uint32_t discard;               /* count, then drop instead of writing (benchmarks) */
+	uint32_t locked;                /* drop frames whose source (or ARP sender) is not lladdr */
+	uint8_t lladdr[6];              /* the guest's MAC address */
+	uint8_t pad_[2];
+	uint32_t intercept_dhcp;        /* IPv4/UDP to port 67 goes to intercept, not the tap */
+	struct vn_pktring *intercept;   /* frames vionet answers itself (needs intercept_dhcp) */
 };
 
 /* How the RX path fills guest buffers. */
@@ -83,6 +94,10 @@ struct vn_rxcfg {
 	uint32_t max_pkt;               /* largest read (header included); 0: hdr_sz + VN_MAX_FRAME */
 	uint32_t pad_;
 	struct vn_rsc *rsc;             /* coalesce received TCP (needs mrg_rxbuf); NULL: off */
+	uint32_t locked;                /* drop unicast frames not addressed to lladdr */
+	uint8_t lladdr[6];              /* the guest's MAC address */
+	uint8_t pad2_[2];
+	struct vn_pktring *inject;      /* frames delivered before the tap's; NULL: none */
 };
 
 /* Per-queue counters; one writer (the queue's thread). */
@@ -106,6 +121,8 @@ struct vn_stats {
 	uint64_t rx_buffers;            /* RX: guest buffers (chains) filled */
 	uint64_t rx_parked;             /* RX: packets held until the guest posts buffers */
 	uint64_t rx_data_valid;         /* RX: DATA_VALID set after checking the checksums */
+	uint64_t intercepted;           /* TX: frames put in the intercept ring (DHCP) */
+	uint64_t injected;              /* RX: frames delivered from the inject ring */
 	uint64_t ring_errors[VN_STATS_RING_ERRS];       /* enum vn_ring_err */
 	uint64_t drops[VN_DROP_MAX_];                   /* enum vn_drop / enum vn_bad */
 };

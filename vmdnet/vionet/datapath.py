@@ -71,6 +71,11 @@ class DropReason(enum.IntEnum):
     RX_TRUNCATED = lib.VN_DROP_RX_TRUNCATED
     RX_NO_BUFFERS = lib.VN_DROP_RX_NO_BUFFERS
     RX_BUF_SHORT = lib.VN_DROP_RX_BUF_SHORT
+    LOCKED_SRC = lib.VN_DROP_LOCKED_SRC
+    LOCKED_ARP = lib.VN_DROP_LOCKED_ARP
+    LOCKED_DST = lib.VN_DROP_LOCKED_DST
+    INTERCEPT_FULL = lib.VN_DROP_INTERCEPT_FULL
+    INTERCEPT_LONG = lib.VN_DROP_INTERCEPT_LONG
 
 
 def _drop_names() -> dict[int, str]:
@@ -319,6 +324,76 @@ class Stats:
         return out
 
 
+class PacketRing:
+    """A ring of whole frames between two threads (csrc/vn_pktring.c).
+
+    One producer and one consumer: TX -> intercept ring -> the DHCP thread,
+    the DHCP thread -> inject ring -> RX.  `fd` is an eventfd that every put
+    signals, for the consumer's poll(2); read it (`clear`) before draining.
+    """
+
+    SLOTS = lib.VN_PKTRING_SLOTS
+    SLOT_SIZE = lib.VN_PKTRING_SLOT_SZ
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.c = ffi.new("struct vn_pktring *")
+        lib.vn_pktring_init(self.c, self.fd)
+        self._buf = ffi.new("uint8_t[]", self.SLOT_SIZE)
+
+    def put(self, frame: bytes) -> bool:
+        """Queue a frame; False when the ring is full."""
+        if len(frame) > self.SLOT_SIZE:
+            raise ValueError(f"frame of {len(frame)} bytes, a slot holds {self.SLOT_SIZE}")
+        rc = lib.vn_pktring_put(self.c, frame, len(frame))
+        if rc == -errno.ENOBUFS:
+            return False
+        check_errno(rc, "vn_pktring_put")
+        return True
+
+    def get(self) -> bytes | None:
+        """The oldest frame, or None when the ring is empty."""
+        rc = lib.vn_pktring_get(self.c, self._buf, self.SLOT_SIZE)
+        if rc == -errno.EAGAIN:
+            return None
+        check_errno(rc, "vn_pktring_get")
+        return bytes(ffi.buffer(self._buf, rc))
+
+    def drain(self, limit: int = SLOTS) -> list[bytes]:
+        """Up to `limit` frames, oldest first."""
+        out = []
+        while len(out) < limit and (f := self.get()) is not None:
+            out.append(f)
+        return out
+
+    def clear(self) -> None:
+        """Reset the eventfd counter (the consumer, before draining)."""
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            pass
+
+    def __len__(self) -> int:
+        return int(lib.vn_pktring_count(self.c))
+
+    def close(self) -> None:
+        """Close the eventfd; the ring must not be in use by any path."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            self.c.efd = -1
+
+
+ETH_ALEN = 6
+
+
+def _check_lladdr(lladdr: bytes | None, locked: bool) -> None:
+    if lladdr is not None and len(lladdr) != ETH_ALEN:
+        raise ValueError(f"lladdr of {len(lladdr)} bytes, not {ETH_ALEN}")
+    if locked and lladdr is None:
+        raise ValueError("a locked lladdr needs the lladdr")
+
+
 class TxPlanLike(Protocol):
     """What vmdnet.tun.caps.TxPlan provides (kept structural: no import of the tun layer)."""
 
@@ -345,21 +420,26 @@ class TxConfig:
     `tap_has_vnet_hdr` means IFF_VNET_HDR with TUNSETVNETHDRSZ == hdr_sz.
     `tap_offloads` is a TUN_F_* mask of what the tap may be given on write;
     every other offload is completed in C.  `discard` drops after all the
-    work but the write (benchmarks).
+    work but the write (benchmarks).  `locked`: frames whose Ethernet source
+    or ARP sender is not `lladdr` are dropped and counted.
     """
 
     hdr_sz: int = 12
     tap_has_vnet_hdr: bool = True
     tap_offloads: int = TUN_F_ALL
     discard: bool = False
+    lladdr: bytes | None = None
+    locked: bool = False
 
     def __post_init__(self) -> None:
         _check_hdr_sz(self.hdr_sz)
+        _check_lladdr(self.lladdr, self.locked)
         if self.tap_offloads & ~TUN_F_ALL:
             raise ValueError(f"unknown TUN_F_* bits {self.tap_offloads & ~TUN_F_ALL:#x}")
 
     @classmethod
-    def from_plan(cls, plan: TxPlanLike, hdr_sz: int, discard: bool = False) -> TxConfig:
+    def from_plan(cls, plan: TxPlanLike, hdr_sz: int, discard: bool = False,
+                  lladdr: bytes | None = None, locked: bool = False) -> TxConfig:
         """From vmdnet.tun.caps.tx_plan()'s answer."""
         offloads = 0
         if plan.vnet_hdr and plan.csum:
@@ -369,7 +449,7 @@ class TxConfig:
             if plan.ecn:
                 offloads |= lib.VN_TUN_F_TSO_ECN
         return cls(hdr_sz=hdr_sz, tap_has_vnet_hdr=plan.vnet_hdr, tap_offloads=offloads,
-                   discard=discard)
+                   discard=discard, lladdr=lladdr, locked=locked)
 
 
 @dataclass(frozen=True)
@@ -378,7 +458,8 @@ class RxConfig:
 
     `max_pkt` is the largest packet the tap hands us, header included (0: a
     maximal GSO packet); with MRG_RXBUF the tap reads straight into guest
-    memory once that much buffer space is posted.
+    memory once that much buffer space is posted.  `locked`: unicast frames
+    not addressed to `lladdr` are dropped and counted.
     """
 
     hdr_sz: int = 12
@@ -386,14 +467,23 @@ class RxConfig:
     mrg_rxbuf: bool = True
     guest_csum: bool = False
     max_pkt: int = 0
+    lladdr: bytes | None = None
+    locked: bool = False
 
     def __post_init__(self) -> None:
         _check_hdr_sz(self.hdr_sz)
+        _check_lladdr(self.lladdr, self.locked)
         if self.mrg_rxbuf and self.hdr_sz < 12:
             raise ValueError("MRG_RXBUF needs the 12-byte header (num_buffers)")
         top = self.hdr_sz + lib.VN_MAX_FRAME
         if self.max_pkt and not self.hdr_sz + 14 <= self.max_pkt <= top:
             raise ValueError(f"max_pkt {self.max_pkt} outside {self.hdr_sz + 14}..{top}")
+
+
+def _set_lladdr(cfg_c, lladdr: bytes | None, locked: bool) -> None:
+    """The lock fields of a struct vn_txcfg / vn_rxcfg."""
+    ffi.memmove(cfg_c.lladdr, lladdr or bytes(ETH_ALEN), ETH_ALEN)
+    cfg_c.locked = int(locked)
 
 
 class _Path:
@@ -425,6 +515,7 @@ class TxPath(_Path):
                  stats: Stats | None = None) -> None:
         super().__init__(vring, mem, tap_fd, stats)
         self.cfg_c = ffi.new("struct vn_txcfg *")
+        self.intercept: PacketRing | None = None
         self.configure(cfg)
 
     def configure(self, cfg: TxConfig) -> None:
@@ -434,6 +525,17 @@ class TxPath(_Path):
         self.cfg_c.tap_has_vnet_hdr = int(cfg.tap_has_vnet_hdr)
         self.cfg_c.tap_offloads = cfg.tap_offloads if cfg.tap_has_vnet_hdr else 0
         self.cfg_c.discard = int(cfg.discard)
+        _set_lladdr(self.cfg_c, cfg.lladdr, cfg.locked)
+
+    def set_intercept(self, ring: PacketRing | None) -> None:
+        """Put guest DHCP (IPv4/UDP to port 67) into `ring` instead of the tap; None: off.
+
+        Between batches only; the path keeps a reference so the ring outlives
+        every batch that uses it.
+        """
+        self.intercept = ring
+        self.cfg_c.intercept = ring.c if ring is not None else ffi.NULL
+        self.cfg_c.intercept_dhcp = int(ring is not None)
 
     def drain(self, budget: int = DEFAULT_BUDGET) -> int:
         """Send up to `budget` chains; return how many were consumed (sent or dropped)."""
@@ -451,6 +553,7 @@ class RxPath(_Path):
         super().__init__(vring, mem, tap_fd, stats)
         self.cfg_c = ffi.new("struct vn_rxcfg *")
         self.coalescer: Coalescer | None = None
+        self.inject: PacketRing | None = None
         self.configure(cfg)
 
     def configure(self, cfg: RxConfig) -> None:
@@ -461,8 +564,18 @@ class RxPath(_Path):
         self.cfg_c.mrg_rxbuf = int(cfg.mrg_rxbuf)
         self.cfg_c.guest_csum = int(cfg.guest_csum)
         self.cfg_c.max_pkt = cfg.max_pkt
+        _set_lladdr(self.cfg_c, cfg.lladdr, cfg.locked)
         if not cfg.mrg_rxbuf:
             self.set_coalescer(None)
+
+    def set_inject(self, ring: PacketRing | None) -> None:
+        """Deliver frames from `ring` to the guest before the tap's; None: off.
+
+        Between batches only; the caller wakes the queue's thread through
+        `ring.fd` (QueueWorker polls it).
+        """
+        self.inject = ring
+        self.cfg_c.inject = ring.c if ring is not None else ffi.NULL
 
     def fill(self, budget: int = DEFAULT_BUDGET) -> int:
         """Deliver up to `budget` packets; NO_BUFFERS when the guest has none to offer.

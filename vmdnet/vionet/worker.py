@@ -125,9 +125,16 @@ class QueueWorker(threading.Thread):
                 if not ready:
                     rx.discard(BATCH_BUDGET)
                 continue
-            # Sleep until the tap has data or held coalesced data is due
-            # (fill() delivers what is due before reading).
-            self._wait([(rx.tap_fd, select.POLLIN)], rx.coalesce_wait_ms())
+            # Sleep until the tap has data, a frame was injected (fill()
+            # delivers those first) or held coalesced data is due (fill()
+            # delivers what is due before reading).
+            inject = rx.inject
+            fds = [(rx.tap_fd, select.POLLIN)]
+            if inject is not None:
+                fds.append((inject.fd, select.POLLIN))
+            ready = self._wait(fds, rx.coalesce_wait_ms())
+            if inject is not None and inject.fd in ready:
+                inject.clear()
 
 
 class _Stop(Exception):
