@@ -344,7 +344,9 @@ class Parent:
                           mac=ifs.mac, sandbox=self.ids, chroot=self.opts.chroot,
                           log_path=os.path.join(self.vms[ifs.vm_name].paths.dir,
                                                 f"vionet{ifs.conf.index}.log"),
-                          verbose=self.opts.verbose)
+                          verbose=self.opts.verbose, locked=self.config.locked(ifs.conf),
+                          local_addr=ifs.local_addr,
+                          rsc_interval_us=ifs.conf.rsc_interval_us)
 
     def _on_vhost_connection(self, ifs: IfaceState) -> None:
         assert ifs.listener is not None
@@ -367,7 +369,7 @@ class Parent:
         conn, ifs.pending = ifs.pending, None
         try:
             ifs.vionet = spawn(self._spec(ifs), conn)
-        except OSError as exc:
+        except (OSError, InvalidValue) as exc:
             log.error("interface %s: cannot start vionet: %s", ifs.ifname, exc)
             ifs.failures += 1
             ifs.restart_at = time.monotonic() + backoff(ifs.failures)

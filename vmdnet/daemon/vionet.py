@@ -11,6 +11,7 @@ the interface's configuration allows.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import select
 import socket
@@ -20,6 +21,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmdnet.config.validate import (
+    InvalidValue,
+    format_lladdr,
+    valid_lladdr,
+    valid_local_prefix,
+    valid_rsc_interval,
+)
 from vmdnet.daemon.procs import stop_process
 from vmdnet.privsep.channel import Channel, socketpair
 from vmdnet.privsep.codec import (
@@ -55,6 +63,8 @@ ALL_FEATURE_BITS = 2**64 - 1
 STATS_TIMEOUT_S = 2.0
 # SIGTERM first; a vionet that ignores it for this long is killed.
 STOP_GRACE_S = 5.0
+# A local interface is a /31: the host end (router, DHCP server) and the guest's.
+LOCAL_PREFIXLEN = 31
 
 
 def offload_ceiling(offloads: frozenset[str]) -> int:
@@ -75,6 +85,10 @@ class VionetSpec:
     chroot: str
     log_path: str
     verbose: bool = False
+    locked: bool = False
+    # A local interface: the host end of its /31 (router); the guest gets the other end.
+    local_addr: ipaddress.IPv4Interface | None = None
+    rsc_interval_us: int | None = None
 
 
 @dataclass
@@ -164,19 +178,43 @@ class VionetProc:
         self.channel.close()
 
 
+def dhcp_arg(host: ipaddress.IPv4Interface) -> str:
+    """vionet's --dhcp for a local interface whose host end is HOST: GUEST/31,HOST."""
+    net = valid_local_prefix(str(host.network))
+    if net.prefixlen != LOCAL_PREFIXLEN or host.ip != net.network_address:
+        raise InvalidValue(f"local interface address {host} is not the first of a "
+                           f"/{LOCAL_PREFIXLEN}")
+    guest = net.network_address + 1
+    return f"{guest}/{LOCAL_PREFIXLEN},{host.ip}"
+
+
+def config_args(spec: VionetSpec) -> list[str]:
+    """The arguments the interface's configuration gives vionet, each value passed
+    through the configuration's own validator (InvalidValue: not started)."""
+    argv = ["--mac", format_lladdr(valid_lladdr(spec.mac))]
+    if spec.locked:
+        argv.append("--locked")
+    if spec.local_addr is not None:
+        argv += ["--dhcp", dhcp_arg(spec.local_addr)]
+    if spec.rsc_interval_us is not None:
+        argv += ["--rsc", str(valid_rsc_interval(spec.rsc_interval_us))]
+    return argv
+
+
 def spawn(spec: VionetSpec, conn: socket.socket) -> VionetProc:
     """Fork and exec a vionet serving CONN (an accepted vhost-user connection).
 
     The caller closes its copy of CONN afterwards, so that the VMM sees the
     connection drop when the child dies.
     """
+    extra = config_args(spec)         # validated before anything is created
     ours, theirs = socketpair()
     argv = [sys.executable, "-m", "vmdnet.vionet.main",
             "--tap-fd", str(spec.tap_fd), "--fd", str(conn.fileno()),
             "--privsep-fd", str(theirs.fileno()), "--privsep-id", str(spec.iface_id),
             "--sandbox", f"{spec.sandbox.uid}:{spec.sandbox.gid}:{spec.chroot}",
             "--offloads", ",".join(sorted(spec.offloads)) or "none",
-            "--mac", ":".join(f"{b:02x}" for b in spec.mac)]
+            *extra]
     if spec.verbose:
         argv.append("-v")
     try:

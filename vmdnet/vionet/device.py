@@ -37,6 +37,7 @@ from vmdnet.vhost_user.events import (
 from vmdnet.vionet.datapath import (
     GuestMemory,
     MemRegion,
+    PacketRing,
     RxConfig,
     RxPath,
     Stats,
@@ -45,6 +46,8 @@ from vmdnet.vionet.datapath import (
     Vring,
     lost_ram_pages,
 )
+from vmdnet.vionet.dhcp import DhcpConfig, DhcpServer
+from vmdnet.vionet.responder import DhcpResponder
 from vmdnet.vionet.worker import QueueWorker
 from vmdnet.virtio import features as vf
 
@@ -92,8 +95,17 @@ class Vionet:
 
     def __init__(self, tap_fd: int, tap_ctl: TapControl, tap_caps: tcaps.TapCaps, *,
                  discard: bool = False, queue_pairs: int = 1,
-                 rsc_interval_us: int | None = None) -> None:
+                 rsc_interval_us: int | None = None, lladdr: bytes | None = None,
+                 locked: bool = False, dhcp: DhcpConfig | None = None) -> None:
         self.tap_fd = tap_fd
+        # Locked lladdr: checked per frame in C (TxConfig/RxConfig).
+        self.lladdr = lladdr
+        self.locked = locked
+        # DHCP for a local interface: TX intercepts, a thread answers, RX injects.
+        self.responder: DhcpResponder | None = None
+        if dhcp is not None:
+            self.responder = DhcpResponder(DhcpServer(dhcp), PacketRing(), PacketRing())
+            self.responder.start()
         self.tap_ctl = tap_ctl
         self.caps = tap_caps
         self.discard = discard
@@ -171,10 +183,12 @@ class Vionet:
 
     def _config(self, tx: bool) -> TxConfig | RxConfig:
         if tx:
-            return TxConfig.from_plan(tcaps.tx_plan(self.caps), self.hdr_sz, self.discard)
+            return TxConfig.from_plan(tcaps.tx_plan(self.caps), self.hdr_sz, self.discard,
+                                      lladdr=self.lladdr, locked=self.locked)
         return RxConfig(hdr_sz=self.hdr_sz, tap_has_vnet_hdr=self.caps.vnet_hdr,
                         mrg_rxbuf=vf.has(self.acked, vf.VIRTIO_NET_F_MRG_RXBUF),
-                        guest_csum=vf.has(self.acked, vf.VIRTIO_NET_F_GUEST_CSUM))
+                        guest_csum=vf.has(self.acked, vf.VIRTIO_NET_F_GUEST_CSUM),
+                        lladdr=self.lladdr, locked=self.locked)
 
     def _mem_table(self, ev: MemTableChanged) -> None:
         running = [q for q in self.queues.values() if q.worker]
@@ -199,12 +213,15 @@ class Vionet:
                     cfg.used_user_addr, cfg.base, self.acked)
         vring.kick_fd = _notify_fd(cfg.kick_fd)
         vring.call_fd = _notify_fd(cfg.call_fd)
+        r = self.responder
         if tx:
             path: TxPath | RxPath = TxPath(vring, self.mem, self.tap_fd, self._config(True),
                                            self.tx_stats)
+            path.set_intercept(r.intercept if r else None)
         else:
             path = RxPath(vring, self.mem, self.tap_fd, self._config(False), self.rx_stats)
             path.set_coalescer(self.coalescer)
+            path.set_inject(r.inject if r else None)
         if vring.broken:
             self._count_setup_break(cfg.index, vring, path)
         q = _Queue(vring, path)
@@ -303,6 +320,15 @@ class Vionet:
     def close(self) -> None:
         self._reset(True)
         self.backend.close()
+        if self.responder is not None:
+            self.responder.stop()
+            self.responder.intercept.close()
+            self.responder.inject.close()
+            self.responder = None
+
+    def keep_fds(self) -> set[int]:
+        """Descriptors of our own that the sandbox must leave open."""
+        return self.responder.fds if self.responder is not None else set()
 
     # --- statistics --------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -320,6 +346,9 @@ class Vionet:
             "rsc": ({"mode": self.coalescer.mode.name.lower(),
                      "interval_us": self.rsc_interval_us, **self.coalescer.stats}
                     if self.coalescer is not None else None),
+            "lladdr": self.lladdr.hex(":") if self.lladdr else None,
+            "locked": self.locked,
+            "dhcp": self.responder.stats() if self.responder is not None else None,
             **self.counters,
             "uptime_s": round(time.monotonic() - self.started, 3),
         }

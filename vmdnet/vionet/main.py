@@ -28,6 +28,7 @@ from typing import Any
 from tabulate import tabulate
 
 from vmdnet.config import limits
+from vmdnet.config.validate import InvalidValue, valid_lladdr
 from vmdnet.privsep.child import ParentLink
 from vmdnet.privsep.sandbox import Ids, enter_sandbox
 from vmdnet.tun import caps as tcaps
@@ -35,6 +36,7 @@ from vmdnet.vhost_user import socket as vsock
 from vmdnet.vhost_user.capabilities import print_capabilities
 from vmdnet.vhost_user.protocol import VhostUserError
 from vmdnet.vionet.device import Vionet
+from vmdnet.vionet.dhcp import DhcpConfig
 from vmdnet.vionet.worker import set_nonblocking
 
 log = logging.getLogger("vmdnet.vionet")
@@ -70,7 +72,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="open the tap without IFF_VNET_HDR: all offloads done in C")
     p.add_argument("--offloads", default="all",
                    help="offloads the tap may take, e.g. csum,tso4 (rest in software)")
-    p.add_argument("--mac", help="the guest's MAC address (reported in statistics)")
+    p.add_argument("--mac", help="the guest's MAC address (lladdr): reported, and enforced "
+                                 "with --locked; --dhcp serves it")
+    p.add_argument("--locked", action="store_true",
+                   help="locked lladdr: drop guest frames from another source MAC (or ARP "
+                        "with another sender) and unicast to the guest for another MAC")
+    p.add_argument("--dhcp", metavar="ADDR/PREFIXLEN,ROUTER",
+                   help="answer the guest's DHCP: lease it ADDR, with ROUTER as router and "
+                        "server (a local interface), e.g. 198.18.4.1/31,198.18.4.0")
     p.add_argument("--rsc", nargs="?", type=int, const=limits.RSC_INTERVAL_DEFAULT_US,
                    metavar="INTERVAL_US",
                    help="coalesce received TCP for the guest (RSC), holding at most "
@@ -98,11 +107,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.offload_set = tcaps.parse_offloads(args.offloads)
     except ValueError as exc:
         p.error(str(exc))
+    _check_lladdr_args(p, args)
     if args.rsc is not None and not (limits.RSC_INTERVAL_MIN_US <= args.rsc
                                      <= limits.RSC_INTERVAL_MAX_US):
         p.error(f"--rsc interval must be in {limits.RSC_INTERVAL_MIN_US}.."
                 f"{limits.RSC_INTERVAL_MAX_US} us")
     return args
+
+
+def _check_lladdr_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--mac through the config's validator; --locked and --dhcp need it."""
+    args.lladdr = None
+    args.dhcp_config = None
+    if args.mac is not None:
+        try:
+            args.lladdr = valid_lladdr(args.mac)
+        except InvalidValue as exc:
+            p.error(f"--mac: {exc}")
+    if (args.locked or args.dhcp) and args.lladdr is None:
+        p.error("--locked and --dhcp need --mac")
+    if args.dhcp:
+        try:
+            args.dhcp_config = DhcpConfig.parse(args.dhcp, args.lladdr)
+        except ValueError as exc:
+            p.error(f"--dhcp: {exc}")
 
 
 def open_tap(args: argparse.Namespace) -> int:
@@ -303,6 +331,7 @@ def privsep_sandbox(args: argparse.Namespace, ctl: Control, tap_fd: int) -> None
     uid, gid, root = args.sandbox.split(":", 2)
     keep = {0, 1, 2, tap_fd, ctl.sel.fileno(), ctl.sig_r.fileno(), ctl.sig_w.fileno()}
     keep |= {fd for fd in (args.fd, args.privsep_fd) if fd is not None}
+    keep |= ctl.dev.keep_fds()
     enter_sandbox(Ids(int(uid), int(gid)), root, keep)
 
 
@@ -320,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.privsep_fd is not None:
         link = ParentLink(args.privsep_fd, args.privsep_id, lambda: dev.stats())
     dev = Vionet(tap_fd, link or LocalTap(tap_fd), caps, discard=args.discard,
-                 rsc_interval_us=args.rsc)
+                 rsc_interval_us=args.rsc, lladdr=args.lladdr, locked=args.locked,
+                 dhcp=args.dhcp_config)
     ctl = Control(args, dev)
     if link is not None:
         link.start()
