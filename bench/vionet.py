@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import itertools
 import json
 import logging
@@ -121,6 +122,8 @@ INJECT_EXIT_TIMEOUT = 10.0
 # Guest RX: when the tap dropped less than this fraction of what its reader
 # took, the backend kept up with the injector and the rate is a lower bound.
 SENDER_BOUND_DROPS = 0.05
+# Threads that ran less than this share of a CPU are left out of the report.
+SCHED_MIN_SHARE = 0.05
 # Until traffic flows after forwarding starts (see wait_flowing), polled this often.
 FLOW_TIMEOUT = 30.0
 FLOW_POLL_S = 0.2
@@ -331,6 +334,45 @@ class Backend:
         return {}
 
 
+    def pids(self) -> dict[str, int]:
+        """The backend's processes, for per-thread CPU accounting."""
+        if self.vionet is not None:
+            return {"vionet": self.vionet.proc.pid}
+        if self.ovs is not None:
+            return {"ovs": next(p.pid for n, p in self.ovs._procs if n == "ovs-vswitchd")}
+        return {}
+
+
+SchedSample = dict[str, tuple[int, int]]
+
+
+def sched_sample(pids: dict[str, int]) -> tuple[float, SchedSample]:
+    """Per thread: ns on a CPU and ns runnable but waiting for one (schedstat)."""
+    out: SchedSample = {}
+    for label, pid in pids.items():
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError, ValueError):
+                    task = Path(f"/proc/{pid}/task/{tid}")
+                    comm = (task / "comm").read_text().strip()
+                    run, wait = (task / "schedstat").read_text().split()[:2]
+                    out[f"{label}:{comm}:{tid}"] = (int(run), int(wait))
+    return time.monotonic(), out
+
+
+def sched_report(a: tuple[float, SchedSample], b: tuple[float, SchedSample]) -> dict[str, Any]:
+    """Each busy thread's share of one CPU over the span, on it and waiting for it:
+    a thread that waits a lot was starved by the other users of the machine."""
+    secs = b[0] - a[0]
+    out = {}
+    for k, (run, wait) in b[1].items():
+        run0, wait0 = a[1].get(k, (0, 0))
+        cpu, runq = (run - run0) / 1e9 / secs, (wait - wait0) / 1e9 / secs
+        if cpu >= SCHED_MIN_SHARE:
+            out[k] = {"cpu": round(cpu, 2), "runq_wait": round(runq, 2)}
+    return out
+
+
 def flatten(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, int]:
     """Integer leaves under `keys` of a nested dict, as dotted names."""
     out: dict[str, int] = {}
@@ -454,8 +496,11 @@ def measure_tx(ns: guestlib.GuestNetns, backend: Backend, pmd: dpdklib.TestPmd,
     settle = wait_flowing(lambda: pmd.port_stats(dpdklib.VU_PORT).tx_packets)
     time.sleep(timing.warmup_s)
     b0 = backend.counters()
+    pids = {**backend.pids(), "guest": pmd.proc.pid}
+    s0 = sched_sample(pids)
     pps, gbps, detail = measure(tx_counters(ns, backend, pmd), "tap.rx_packets",
                                 "tap.rx_bytes", metric, timing)
+    detail["threads"] = sched_report(s0, sched_sample(pids))
     detail.update(settle_s=round(settle, 1), backend_drops=counter_delta(b0, backend.counters()))
     return pps, gbps, detail
 
@@ -600,9 +645,12 @@ def guest_rx_case(ns: guestlib.GuestNetns, backend: Backend, timing: Timing,
             settle = wait_flowing(lambda: pmd.port_stats(dpdklib.VU_PORT).rx_packets)
             time.sleep(timing.warmup_s)
             b0 = backend.counters()
+            pids = {**backend.pids(), "guest": pmd.proc.pid, "injector": inj.proc.pid}
+            s0 = sched_sample(pids)
             res.pps, res.gbps, res.detail = measure(rx_counters(ns, backend, pmd),
                                                     "guest.rx_packets", "guest.rx_bytes",
                                                     case.metric, timing)
+            res.detail["threads"] = sched_report(s0, sched_sample(pids))
             res.detail["backend_drops"] = counter_delta(b0, backend.counters())
         finally:
             sent = inj.finish()
@@ -728,7 +776,8 @@ def part1_ovs(ns: guestlib.GuestNetns, timing: Timing, work: Path,
 
 # --- part 2: raw ring speed ----------------------------------------------------------------------
 
-def ring_rate(backend: Backend, timing: Timing, log_dir: Path, round_no: int) -> Result:
+def ring_rate(backend: Backend, timing: Timing, log_dir: Path, round_no: int,
+              pids: dict[str, int]) -> Result:
     """virtio_user txonly 64 B: the guest's TX counter (what the backend took off the ring)."""
     res = Result(2, "64 B", "guest TX", backend.name)
     with virtio_user(backend, log_dir) as pmd:
@@ -742,8 +791,11 @@ def ring_rate(backend: Backend, timing: Timing, log_dir: Path, round_no: int) ->
             g = pmd.port_stats(dpdklib.VU_PORT)
             return {"guest.tx_packets": g.tx_packets, "guest.tx_bytes": g.tx_bytes}
 
+        pids = {**pids, "guest": pmd.proc.pid}
+        s0 = sched_sample(pids)
         res.pps, res.gbps, res.detail = measure(read, "guest.tx_packets", "guest.tx_bytes",
                                                 "pps", timing)
+        res.detail["threads"] = sched_report(s0, sched_sample(pids))
         pmd.stop()
     res.detail["round"] = round_no
     return res
@@ -765,7 +817,8 @@ def ring_vionet(ns: guestlib.GuestNetns, timing: Timing, work: Path, log_dir: Pa
     try:
         v = VionetProc(ns, work, DISCARD_TAP, "--discard")
         try:
-            r = ring_rate(Backend(name, v.sock, False, DISCARD_TAP), timing, log_dir, round_no)
+            r = ring_rate(Backend(name, v.sock, False, DISCARD_TAP), timing, log_dir, round_no,
+                          {"vionet": v.proc.pid})
             with contextlib.suppress(RuntimeError, OSError, ValueError):
                 tx = v.stats()["tx"]
                 r.detail["vionet_tx"] = {k: tx[k] for k in ("chains", "discarded",
@@ -782,8 +835,9 @@ def ring_net_vhost(work: Path, timing: Timing, log_dir: Path, round_no: int) -> 
     name = "DPDK net_vhost"
     sock = work / "net_vhost.sock"
     try:
-        with dpdklib.vhost_backend(sock, fwd="rxonly", main_lcore=0, log_dir=log_dir):
-            return ring_rate(Backend(name, sock, False, ""), timing, log_dir, round_no)
+        with dpdklib.vhost_backend(sock, fwd="rxonly", main_lcore=0, log_dir=log_dir) as vh:
+            return ring_rate(Backend(name, sock, False, ""), timing, log_dir, round_no,
+                             {"net_vhost": vh.proc.pid})
     except (dpdklib.DpdkError, RuntimeError, OSError, subprocess.SubprocessError) as e:
         return Result(2, "64 B", "guest TX", name, error=short_error(e))
 
@@ -1100,7 +1154,8 @@ PACKET_QDISC_BYPASS = 20   # straight to the driver's xmit: the tap's queue is t
 # Frames per sendmmsg call: small enough for even pacing at a few Mpps (one
 # call every ~40 us at 1.5 Mpps), large enough that the Python loop is noise.
 INJECT_BATCH = 64
-VNET_HDR_LEN = 10          # struct virtio_net_hdr without num_buffers (PACKET_VNET_HDR)
+# After a failed sendmmsg (e.g. ENOBUFS: no memory for more skbs), before the next.
+INJECT_ERROR_PAUSE_S = 1e-4
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6 = 1, 4
 
@@ -1143,6 +1198,10 @@ def rx_frame(kind: str) -> tuple[bytes, bytes]:
     return hdr, f
 
 
+def errno_name(n: int) -> str:
+    return errno.errorcode.get(n, str(n))
+
+
 def inject(ifname: str, kind: str, pps: int, seconds: float) -> dict[str, Any]:
     """Send `kind` frames out of `ifname` at up to `pps` until SIGTERM or `seconds`.
 
@@ -1172,14 +1231,16 @@ def inject(ifname: str, kind: str, pps: int, seconds: float) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, on_term)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
-    sent = errors = 0
+    sent = 0
+    errors: dict[str, int] = {}
     t0 = time.monotonic()
     deadline = t0 + seconds
     while not stop:
         n = libc.sendmmsg(sock.fileno(), msgs, INJECT_BATCH, 0)
         if n < 0:
-            errors += 1
-            time.sleep(1e-4)
+            err = errno_name(ctypes.get_errno())
+            errors[err] = errors.get(err, 0) + 1
+            time.sleep(INJECT_ERROR_PAUSE_S)
         else:
             sent += n
         now = time.monotonic()
