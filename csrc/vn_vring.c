@@ -480,6 +480,12 @@ void vn_vring_notify_disable(struct vn_vring *vq)
  * Call before sleeping on kick_fd; if this returns 1 the guest may have
  * added work before it saw the request, so do not sleep: process it.
  *
+ * With EVENT_IDX the kick is asked for the first entry past avail_idx_shadow
+ * (the avail->idx last read), not past last_avail_idx: RX may be waiting
+ * with chains it has already seen but that are too small for the packet at
+ * hand, and needs a kick for the next buffers the guest posts.  (With the two
+ * equal, as whenever nothing is left unconsumed, it is the same request.)
+ *
  * Return: 1 when chains are available, 0 when none, -1 when the queue is
  * broken or not ready
  */
@@ -491,7 +497,7 @@ int vn_vring_notify_enable(struct vn_vring *vq)
 	if (!vq->ready || vq->broken)
 		return -1;
 	if (vq->event_idx)
-		__atomic_store_n(avail_event(vq), htole16(vq->last_avail_idx), __ATOMIC_RELAXED);
+		__atomic_store_n(avail_event(vq), htole16(vq->avail_idx_shadow), __ATOMIC_RELAXED);
 	else
 		__atomic_store_n(&vq->used->flags, 0, __ATOMIC_RELAXED);
 	/* The request must be visible before we re-read avail->idx. */

@@ -102,6 +102,9 @@ RX_BURST = 128
 # (merged) or 4 x 45 segments stay within the 256 the guest posts.
 RX_SUPER_FRAMES = 20
 RX_SUPER_BURST = 4
+# Small frames that leave a guest's 256 RX buffers with fewer free than a 64 KiB
+# packet needs (32 of 2 KiB).
+RX_RING_FILL = 238
 TAP_A_TXQLEN = 4096
 # Tap B speaks virtio_net_hdr (12 B) so that the host side can write GSO frames.
 VNET_HDR_SZ = 12
@@ -737,3 +740,78 @@ def test_reconnect_after_testpmd_is_killed(bench: Bench, vionet: Vionet) -> None
     after = vionet.stats()
     assert after["connections"] == before["connections"] + 3
     assert not after["queues"] or all(q["broken"] is None for q in after["queues"].values())
+
+
+def park_gso_packet(bench: Bench, v: Vionet, vu: d.VirtioUser, big: bytes) -> dict[str, Any]:
+    """With the guest not polling, use up most of its RX buffers with small frames,
+    then write a GSO packet too big for the rest: vionet parks it.  Returns the
+    stats once it is parked."""
+    before = v.stats()
+    vu.pmd.stop()  # the guest stops polling: its RX buffers stay as posted
+    for f in small_frames(to_guest=True) * (RX_RING_FILL // 7):
+        bench.tap_b.write(f)
+    bench.tap_b.write(big, gso_write(big)[:VNET_HDR_SZ])
+    deadline = time.monotonic() + ARRIVE_TIMEOUT
+    while (now := v.stats())["rx"]["rx_parked"] == before["rx"]["rx_parked"]:
+        assert time.monotonic() < deadline, f"the GSO packet was never parked: {now['rx']}"
+        time.sleep(POLL_S)
+    return now
+
+
+@pytest.mark.parametrize("vionet", ["passthrough"], indirect=True)
+def test_rx_packet_waiting_for_buffers(bench: Bench, vionet: Vionet) -> None:
+    """A 64 KiB GSO packet for a guest whose free RX buffers are too few.
+
+    Only with GUEST_TSO (vnet header passthrough) can a packet outgrow the
+    guest's buffers, so this runs in that mode.  testpmd stops polling with
+    most of its 256 buffers used by small frames; the GSO packet is parked.
+
+    1. The guest polls again and posts buffers (kick): the parked packet
+       arrives whole, with no further traffic on the tap.  (Bug fixed: after
+       a batch that delivered packets and parked one, the RX thread slept on
+       the tap alone, so the parked packet waited for the next tap packet.)
+       If testpmd was too slow (RX_NO_BUFFER_WAIT_MS), it is dropped and
+       counted instead; never silently kept.
+    2. Parked again, then one more frame reaches the tap: the RX thread must
+       sleep until a kick, and testpmd's quit (GET_VRING_BASE) must be
+       answered.  (Bug fixed: it looped on "chains available" although they
+       were too few, never looking at its stop request: the control thread
+       hung in join at the next vring stop and vionet served no guest again.)
+    """
+    big = superframe(v6=False, seq=7, to_guest=True, seed_only=True)
+    n_small = len(small_frames()) * (RX_RING_FILL // 7)
+    with d.VirtioUser(vionet.sock, capture=False, rx_offloads=d.RX_OFFLOADS_ALL,
+                      verbose=True, log_dir=bench.workdir / "dpdk") as vu:
+        vu.link_up()
+        vu.start()
+        parked = park_gso_packet(bench, vionet, vu, big)
+        from_pos = vu.pmd.position
+        vu.pmd.start()  # polls, refills, kicks
+        deadline = time.monotonic() + ARRIVE_TIMEOUT
+        while (got := vu.pmd.port_stats(d.VU_PORT).rx_packets) < n_small + 1:
+            dropped = (vionet.stats()["rx"]["drops"]["rx_no_buffers"]
+                       - parked["rx"]["drops"]["rx_no_buffers"])
+            if dropped:
+                break
+            assert time.monotonic() < deadline, (
+                f"the parked packet was neither delivered nor dropped ({got} packets)")
+            time.sleep(POLL_S)
+        else:
+            sizes = [p.length for p in vu.pmd.verbose_packets(from_pos) if p.port == d.VU_PORT]
+            assert sizes[-1] == len(big), sizes[-3:]
+        # 2: parked again, and the tap readable again.
+        park_gso_packet(bench, vionet, vu, big)
+        disconnects = vionet.stats()["disconnects"]
+        bench.tap_b.write(small_frames(to_guest=True)[0])
+        vu.pmd.set_verbose(0)
+    vionet.wait_log("VMM disconnected", disconnects + 1)
+    # The next guest is served.  The frame written last still waits in the tap's
+    # queue (the parked packet went with the queue) unless the no-buffer timeout
+    # dropped it first: it may come before the new ones.
+    frames = small_frames(to_guest=True)
+    r = guest_rx(bench, vionet, [(frames, len(frames))])
+    got = r.res.frames
+    stale = got[:len(got) - len(frames)]
+    assert stale in ([], frames[:1]), f"the next guest got {len(got)} frames"
+    problem = mismatch(got[len(stale):], frames)
+    assert problem is None, f"the next guest: {problem}"

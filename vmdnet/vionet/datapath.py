@@ -257,6 +257,11 @@ class Vring:
         return int(self.c.last_used_idx)
 
     @property
+    def avail_seen(self) -> int:
+        """avail->idx as last read (what the last batch looked at)."""
+        return int(self.c.avail_idx_shadow)
+
+    @property
     def broken(self) -> RingError | None:
         return RingError(self.c.broken) if self.c.broken else None
 

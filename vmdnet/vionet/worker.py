@@ -116,14 +116,10 @@ class QueueWorker(threading.Thread):
             rc = rx.fill(BATCH_BUDGET)
             if rc == BATCH_BUDGET:
                 continue
-            if rc == NO_BUFFERS:
-                if vring.notify_enable():
-                    vring.notify_disable()
-                    continue
-                ready = self._wait(self._kick_fds(), RX_NO_BUFFER_WAIT_MS)
-                vring.notify_disable()
-                if not ready:
-                    rx.discard(BATCH_BUDGET)
+            if rc == NO_BUFFERS or rx.parked_len:
+                # Also after a batch that delivered some: a packet parked at
+                # its end waits for buffers, not for the tap.
+                self._wait_for_buffers(rx)
                 continue
             # Sleep until the tap has data, a frame was injected (fill()
             # delivers those first) or held coalesced data is due (fill()
@@ -135,6 +131,34 @@ class QueueWorker(threading.Thread):
             ready = self._wait(fds, rx.coalesce_wait_ms())
             if inject is not None and inject.fd in ready:
                 inject.clear()
+
+    def _wait_for_buffers(self, rx: RxPath) -> None:
+        """The guest's buffers are too few for the next packet: wait for more.
+
+        Sleep until the guest posts buffers beyond those fill() has seen (a
+        kick), not while some are merely available: those are already too
+        few, and looping on them spun this thread without ever looking at
+        its stop request.  A parked packet that can never fit (the guest has
+        made its whole ring available) is dropped at once; otherwise what
+        waits is dropped when no buffers come in RX_NO_BUFFER_WAIT_MS.
+        """
+        vring = rx.vring
+        seen = vring.avail_seen
+        vring.notify_enable()
+        if vring.avail_seen != seen:  # posted before it saw our request
+            vring.notify_disable()
+            return
+        if rx.parked_len and vring.avail_count() >= vring.num:
+            vring.notify_disable()
+            rx.discard(0)
+            return
+        ready = self._wait(self._kick_fds(), RX_NO_BUFFER_WAIT_MS)
+        vring.notify_disable()
+        if ready:
+            return
+        vring.avail_count()  # look once more: a guest without a kick fd only polls
+        if vring.avail_seen == seen:
+            rx.discard(BATCH_BUDGET)
 
 
 class _Stop(Exception):
