@@ -310,7 +310,8 @@ def test_switch_and_local_interface_on_the_host(daemon: Daemon, ns: GuestNetns) 
         assert f"master {BRIDGE}" in ns.run(["ip", "link", "show", tap]).stdout
     addr = ns.run(["ip", "-4", "-o", "addr", "show", TAPS[2]]).stdout
     assert f"inet {LOCAL_HOST}/31" in addr, addr
-    # The guest end (the DHCP lease vionet does not offer yet): configured by hand.
+    # The guest end, configured by hand here (vionet also leases it over DHCP:
+    # tests/e2e/test_daemon_lladdr_dhcp.py).
     rc, out = daemon.console("beta").run(
         f"ip addr add {LOCAL_GUEST}/31 dev eth1 && ip link set eth1 up && "
         f"ping -c 3 -i 0.3 -W 5 {LOCAL_HOST}")
