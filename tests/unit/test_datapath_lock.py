@@ -15,7 +15,7 @@ import pytest
 from pktlib import IPPROTO_UDP, MAC_A, MAC_B, eth, l4_frame
 from test_datapath import HDR, fake_tap, guest, recv_all, udp_frame  # noqa: F401  (fixtures)
 
-from vmdnet.offload import VnetHdr, verify
+from vmdnet.offload import Coalescer, VnetHdr, verify
 from vmdnet.vionet.datapath import PacketRing, RxConfig, RxPath, TxConfig, TxPath
 
 BROADCAST = b"\xff" * 6
@@ -104,8 +104,9 @@ def test_lock_needs_lladdr():
 
 # ---- RX: locked lladdr ----
 
-@pytest.mark.parametrize("vnet_hdr", [True, False], ids=["direct", "bounce"])
-def test_rx_lock_drops_unicast_to_others(guest, fake_tap, vnet_hdr):  # noqa: F811
+@pytest.mark.parametrize("vnet_hdr,rsc", [(True, False), (False, False), (True, True)],
+                         ids=["direct", "bounce", "coalescing"])
+def test_rx_lock_drops_unicast_to_others(guest, fake_tap, vnet_hdr, rsc):  # noqa: F811
     ours, peer = fake_tap
     mine = with_src(udp_frame(200), MAC_A, dst=MAC_B)
     to_other = with_src(udp_frame(200), MAC_A, dst=bytes.fromhex("020000000009"))
@@ -115,6 +116,8 @@ def test_rx_lock_drops_unicast_to_others(guest, fake_tap, vnet_hdr):  # noqa: F8
     cfg = RxConfig(tap_has_vnet_hdr=vnet_hdr, mrg_rxbuf=True, max_pkt=2048,
                    lladdr=MAC_B, locked=True)
     rx = RxPath(guest.vring, guest.mem, ours.fileno(), cfg)
+    if rsc:
+        rx.set_coalescer(Coalescer(mode="gso"))      # every frame read into its buffer
     for f in (to_other, mine, to_other, bcast, mcast):
         peer.send((VnetHdr().pack(HDR) if vnet_hdr else b"") + f)
     assert rx.fill() == 3
