@@ -848,6 +848,7 @@ class VirtioUser:
     `csum`/`tso_mss` ask for TX offloads: then the ``csum`` engine marks frames
     for checksum offload / TSO (and rewrites MACs to GUEST_MAC -> PEER_MAC and
     recomputes checksums of frames going the other way, to the capture).
+    `queue_size`: entries per virtqueue (virtio_user's default is 256).
 
     Usage: construct (with server=True the socket now listens), connect the
     backend if it is the client, `link_up()`, `start()`, then `wait_tx`/`wait_rx`,
@@ -861,7 +862,8 @@ class VirtioUser:
                  tso_mss: int | None = None, rx_offloads: Sequence[str] = (),
                  verbose: bool = False,
                  mbuf_size: int | None = None, main_lcore: int = 1,
-                 log_dir: str | os.PathLike[str] | None = None) -> None:
+                 log_dir: str | os.PathLike[str] | None = None,
+                 queue_size: int | None = None) -> None:
         if server:
             _remove_stale_socket(sock_path)
         self._tmp = tempfile.TemporaryDirectory(prefix="vn-vu-")
@@ -879,7 +881,8 @@ class VirtioUser:
         app = ["--no-flush-rx",  # else start drains the pcap before forwarding it
                f"--eth-peer={VU_PORT},{PEER_MAC}"]
         try:
-            self.pmd = TestPmd([virtio_user_vdev(sock_path, server=server, packed=packed),
+            self.pmd = TestPmd([virtio_user_vdev(sock_path, server=server, packed=packed,
+                                                 queue_size=queue_size),
                                 pcap], tag="vu", main_lcore=main_lcore, mbuf_size=mbuf_size,
                                app_args=app, log_dir=log_dir, wait=not server)
         except BaseException:

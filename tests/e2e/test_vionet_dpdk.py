@@ -105,6 +105,9 @@ RX_SUPER_BURST = 4
 # Small frames that leave a guest's 256 RX buffers with fewer free than a 64 KiB
 # packet needs (32 of 2 KiB).
 RX_RING_FILL = 238
+# A guest RX ring too small for one 64 KiB packet: 16 x 2 KiB buffers.
+SMALL_RING = 16
+SMALL_RING_ROUNDS = 5
 TAP_A_TXQLEN = 4096
 # Tap B speaks virtio_net_hdr (12 B) so that the host side can write GSO frames.
 VNET_HDR_SZ = 12
@@ -815,3 +818,28 @@ def test_rx_packet_waiting_for_buffers(bench: Bench, vionet: Vionet) -> None:
     assert stale in ([], frames[:1]), f"the next guest got {len(got)} frames"
     problem = mismatch(got[len(stale):], frames)
     assert problem is None, f"the next guest: {problem}"
+
+
+@pytest.mark.parametrize("vionet", ["passthrough"], indirect=True)
+def test_rx_packet_larger_than_the_whole_ring(bench: Bench, vionet: Vionet) -> None:
+    """A guest ring of SMALL_RING buffers of 2 KiB can never hold a 64 KiB GSO packet
+    (the guest still negotiates GUEST_TSO).  Each such packet must be dropped and
+    counted as soon as the whole ring is seen to be too small, not wait for buffers
+    that cannot come; the small frames around them still arrive, in order."""
+    small = small_frames(to_guest=True)
+    big = superframe(v6=False, seq=9, to_guest=True, seed_only=True)
+    before = vionet.stats()
+    with d.VirtioUser(vionet.sock, capture=True, rx_offloads=d.RX_OFFLOADS_ALL,
+                      queue_size=SMALL_RING, log_dir=bench.workdir / "dpdk") as vu:
+        vu.link_up()
+        vu.start()
+        for i in range(SMALL_RING_ROUNDS):
+            bench.tap_b.write(big, gso_write(big)[:VNET_HDR_SZ])
+            bench.tap_b.write(small[i % len(small)])
+            assert vu.wait_rx(i + 1), f"round {i}: the frame after the big packet is stuck"
+        res = vu.finish()
+    after = vionet.stats()
+    problem = mismatch(res.frames, [small[i % len(small)] for i in range(SMALL_RING_ROUNDS)])
+    assert problem is None, problem
+    dropped = after["rx"]["drops"]["rx_no_buffers"] - before["rx"]["drops"]["rx_no_buffers"]
+    assert dropped == SMALL_RING_ROUNDS, after["rx"]["drops"]
