@@ -56,8 +56,9 @@
  * (for ARP, also behind up to two VLAN tags) whose sender hardware address,
  * is not cfg->lladdr; RX refuses unicast frames (I/G bit clear) addressed to
  * another MAC.  Both look only at bytes already copied (the TX peek, the RX
- * bounce buffer) or at six bytes copied out of the guest buffer after a
- * direct read, so the guest cannot change what was checked.
+ * bounce buffer), so the guest cannot change what was checked.  A locked RX
+ * queue never reads the tap straight into guest memory: a frame refused
+ * there would already be in the guest's buffers for it to read.
  *
  * Frames vionet answers itself (DHCP on a local interface): with
  * cfg->intercept_dhcp, TX copies an untagged IPv4/UDP frame to port 67 into
@@ -1146,7 +1147,8 @@ int vn_rx_fill(struct vn_vring *vq, const struct vn_mem *mem, int tap_fd,
 			delivered += rc > 0;
 			continue;
 		}
-		direct = cfg->tap_has_vnet_hdr && win_usable(w, cfg) >= max_pkt;
+		/* Locked: through the bounce buffer, checked before the guest sees it. */
+		direct = cfg->tap_has_vnet_hdr && !cfg->locked && win_usable(w, cfg) >= max_pkt;
 		n = rx_read(w, tap_fd, cfg, st, direct);
 		if (n <= 0)
 			break;
@@ -1155,17 +1157,6 @@ int vn_rx_fill(struct vn_vring *vq, const struct vn_mem *mem, int tap_fd,
 			if ((uint64_t)n > win_usable(w, cfg) || (size_t)n < cfg->hdr_sz) {
 				count_drop(st, VN_DROP_RX_TRUNCATED);
 				continue;
-			}
-			if (cfg->locked) {
-				uint8_t dst[ETH_ALEN];
-				size_t got = vn_iov_to_buf(w->iov, w->niov, cfg->hdr_sz, dst,
-							   sizeof(dst));
-
-				if (!rx_dst_ok(cfg, dst, got < (size_t)n - cfg->hdr_sz ?
-						got : (size_t)n - cfg->hdr_sz)) {
-					count_drop(st, VN_DROP_LOCKED_DST);
-					continue;
-				}
 			}
 			rx_deliver(vq, cfg, st, (uint64_t)n);
 			delivered++;

@@ -105,7 +105,7 @@ def test_lock_needs_lladdr():
 # ---- RX: locked lladdr ----
 
 @pytest.mark.parametrize("vnet_hdr,rsc", [(True, False), (False, False), (True, True)],
-                         ids=["direct", "bounce", "coalescing"])
+                         ids=["vnet_hdr", "no_vnet_hdr", "coalescing"])
 def test_rx_lock_drops_unicast_to_others(guest, fake_tap, vnet_hdr, rsc):  # noqa: F811
     ours, peer = fake_tap
     mine = with_src(udp_frame(200), MAC_A, dst=MAC_B)
@@ -125,6 +125,20 @@ def test_rx_lock_drops_unicast_to_others(guest, fake_tap, vnet_hdr, rsc):  # noq
     got = [guest.read(gpa, ln)[HDR:] for (_, gpa), (_, ln) in zip(posted, used, strict=False)]
     assert got == [mine, bcast, mcast]
     assert rx.stats.as_dict()["drops"]["locked_dst"] == 2
+
+
+def test_rx_lock_refused_frame_never_reaches_guest_memory(guest, fake_tap):  # noqa: F811
+    """Posted buffers big enough for a direct read: a locked queue still reads through
+    its own buffer, so a frame for another MAC is not left where the guest could read it."""
+    ours, peer = fake_tap
+    posted = guest.add_rx([2048] * 2)
+    rx = RxPath(guest.vring, guest.mem, ours.fileno(),
+                RxConfig(max_pkt=2048, lladdr=MAC_B, locked=True))
+    secret = with_src(udp_frame(200), MAC_A, dst=bytes.fromhex("020000000009"))
+    peer.send(VnetHdr().pack(HDR) + secret)
+    assert rx.fill() == 0
+    assert all(guest.read(gpa, 2048) == bytes(2048) for _, gpa in posted)
+    assert guest.used() == [] and rx.stats.as_dict()["drops"]["locked_dst"] == 1
 
 
 def test_rx_unlocked_delivers_everything(guest, fake_tap):  # noqa: F811
