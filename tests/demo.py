@@ -1,11 +1,12 @@
-"""The README's main job: a real guest on vionet, end to end, with no files to write.
+"""The README's main job: vmdnetd on the bundled example vm.conf, end to end.
 
-Builds (or reuses) the tiny test guest, creates a private network namespace
-(vn-demo-<pid>, 198.18.9.0/24 and fd00:9::/64 only), starts `vmdnet-vionet` on a
-tap inside it, boots the guest under QEMU/TCG with a vhost-user virtio-net
-device served by vionet, then shows: the features the guest negotiated, the
-tap's offloads, ping both ways, iperf3 both ways, and vionet's counters.
-Everything it started is stopped by PID and the namespace removed at the end.
+With no file to write first: the example configuration that ships with the
+package (vmdnet.config.default_config_text(): one switch and two VMs, one of
+them also on a local interface) runs under vmdnetd in a private network
+namespace (vn-demo-<pid>), with the tiny test guest as both VMs' kernel.
+The demo shows `vmdnetctl status`, moves traffic between the VMs (ping,
+iperf3) and between a VM and the host over its local interface (DHCP lease
+from vionet, ping), shows `vmdnetctl show interfaces`, and stops everything.
 
 Run as root: `make demo` (or `python tests/demo.py`).
 """
@@ -13,98 +14,155 @@ Run as root: `make demo` (or `python tests/demo.py`).
 from __future__ import annotations
 
 import json
-import logging
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
 
-from guestlib import Guest, GuestImage, GuestNetns, VhostUserNetdev, stop_process  # noqa: E402
-from test_guest_vionet import Vionet  # noqa: E402
+from guestlib import GuestImage, GuestNetns, remove_stale_netns  # noqa: E402
+from test_daemon import Console  # noqa: E402
 
-from vmdnet.vionet.main import stats_table  # noqa: E402
-from vmdnet.virtio import features as vf  # noqa: E402
+from vmdnet.config import default_config_text  # noqa: E402
+from vmdnet.privsep import sandbox  # noqa: E402
 
-log = logging.getLogger("demo")
-
-TAP = "vngv0"  # the name test_guest_vionet.Vionet gives vionet's tap
-HOST4, GUEST4 = "198.18.9.1", "198.18.9.2"
-HOST6, GUEST6 = "fd00:9::1", "fd00:9::2"
-IPERF_PORT = 5201
-IPERF_AMOUNT = "50M"
-STEP_TIMEOUT = 180.0
+NS_PREFIX = "vn-demo-"
+# The guests' addresses on the example's switch "lan" (the example leaves them
+# to the guests); the local interface's pair comes from `local prefix`.
+ALPHA, BETA = "198.18.100.1", "198.18.100.2"
+START_S = 30.0
+BOOT_S = 300.0
+STOP_S = 60.0
+POLL_S = 0.2
+CTL_TIMEOUT_S = 120
 
 
 def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def iperf_summary(raw: str) -> str:
-    end = json.loads(raw)["end"]
-    sent = end["sum_sent"]
-    return f"{sent['bytes'] / 1e6:.0f} MB in {sent['seconds']:.2f} s = " \
-           f"{sent['bits_per_second'] / 1e9:.2f} Gbit/s"
+class Demo:
+    def __init__(self, image: GuestImage, ns: GuestNetns, workdir: Path) -> None:
+        self.ns = ns
+        self.rundir = workdir / "run"
+        self.ctl = str(workdir / "ctl.sock")
+        conf = workdir / "vmdnet.conf"
+        conf.write_text(default_config_text())
+        self.log = workdir / "vmdnetd.log"
+        argv = [sys.executable, "-m", "vmdnet.daemon", "-d", "-f", str(conf),
+                "-r", str(self.rundir), "-s", self.ctl,
+                "-D", f"kernel={image.kernel}", "-D", f"initramfs={image.initrd}"]
+        with open(self.log, "wb") as logf:
+            self.proc = ns.popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                 stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_S
+        while not os.path.exists(self.ctl):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("vmdnetd did not start:\n" + self.log.read_text())
+            time.sleep(POLL_S)
+
+    def ctl_run(self, *words: str) -> str:
+        res = subprocess.run([sys.executable, "-m", "vmdnet.cli", "-s", self.ctl, *words],
+                             capture_output=True, text=True, timeout=CTL_TIMEOUT_S)
+        if res.returncode != 0:
+            raise RuntimeError(f"vmdnetctl {' '.join(words)}: {res.stderr}")
+        return res.stdout
+
+    def wait_running(self) -> None:
+        deadline = time.monotonic() + BOOT_S
+        while time.monotonic() < deadline:
+            vms = json.loads(self.ctl_run("-o", "json", "status"))
+            if all(vm["state"] == "running" for vm in vms):
+                return
+            time.sleep(POLL_S)
+        raise RuntimeError("the VMs did not start:\n" + self.log.read_text())
+
+    def console(self, vm: str) -> Console:
+        return Console(str(self.rundir / vm / "console.sock"))
+
+    def guest(self, vm: str, cmd: str) -> str:
+        rc, out = self.console(vm).run(cmd, wait=BOOT_S)
+        if rc != 0:
+            raise RuntimeError(f"{vm}: {cmd!r} failed ({rc}):\n{out}")
+        return out
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
-def run_demo(workdir: Path) -> None:
-    say("building (or reusing) the test guest: Debian 6.1 kernel + busybox + iperf3")
-    image = GuestImage.build()
-    ns = GuestNetns(f"vn-demo-{os.getpid()}")
-    iperf = None
-    vionet = None
+def local_lease(d: Demo) -> str:
+    """beta's local interface: a DHCP lease from vionet, as vmd gives one."""
+    out = d.guest("beta", "ip link set eth1 up && udhcpc -i eth1 -n -q -t 5 -T 2 2>&1; "
+                          "ip -4 -o addr show eth1")
+    addr = out.split("inet ")[1].split("/")[0] if "inet " in out else ""
+    if not addr:
+        raise RuntimeError(f"beta got no DHCP lease on its local interface:\n{out}")
+    return addr
+
+
+def run_demo(image: GuestImage, workdir: Path) -> None:
+    remove_stale_netns(NS_PREFIX)
+    ns = GuestNetns(f"{NS_PREFIX}{os.getpid()}")
+    d = None
     try:
         ns.run(["ip", "link", "set", "lo", "up"])
-        say(f"starting vmdnet-vionet on tap {TAP} in namespace {ns.name}")
-        vionet = Vionet(ns, workdir)
-        for argv in (["ip", "addr", "add", f"{HOST4}/24", "dev", TAP],
-                     ["ip", "addr", "add", f"{HOST6}/64", "dev", TAP, "nodad"],
-                     ["ip", "link", "set", TAP, "up"]):
-            ns.run(argv)
-        iperf = ns.popen(image.host_iperf3("-s", "-p", str(IPERF_PORT)),
-                         stdout=open(workdir / "iperf3.log", "wb"), stderr=-2)
-        say("booting the guest under QEMU (TCG), its NIC served by vionet over vhost-user")
-        with Guest(image, VhostUserNetdev(vionet.sock), ip=f"{GUEST4}/24", ip6=f"{GUEST6}/64",
-                   netns=ns.name, log_path=workdir / "guest.log") as g:
-            g.wait_booted()
-            feats = g.virtio_features()
-            print("guest negotiated:", " ".join(n.removeprefix("VIRTIO_NET_F_")
-                                                 for n in vf.names(feats)))
-            offl = ns.run(["ethtool", "-k", TAP]).stdout.splitlines()
-            print("tap offloads (TUNSETOFFLOAD from the guest's GUEST_* bits):",
-                  "; ".join(x.strip() for x in offl if x.startswith(("tx-checksumming",
-                            "tcp-segmentation", "\ttx-tcp6", "\ttx-tcp-ecn"))))
-            say("ping guest -> host (IPv4, IPv6) and host -> guest")
-            print(g.check(f"ping -c 3 -i 0.2 {HOST4}").strip().splitlines()[-2])
-            print(g.check(f"ping -c 3 -i 0.2 {HOST6}").strip().splitlines()[-2])
-            res = ns.run(image.host_busybox("ping", "-c", "3", "-i", "0.2", GUEST4))
-            print(res.stdout.strip().splitlines()[-2])
-            for label, flag in (("guest -> host", ""), ("host -> guest", "-R")):
-                say(f"iperf3 {label} ({IPERF_AMOUNT})")
-                cmd = (f"for i in 1 2 3 4 5; do iperf3 -J -c {HOST4} -p {IPERF_PORT} "
-                       f"-n {IPERF_AMOUNT} {flag} > /tmp/i.json && break; sleep 1; done; "
-                       "cat /tmp/i.json")
-                print(iperf_summary(g.check(cmd, timeout=STEP_TIMEOUT)))
-            say("vionet's counters (SIGUSR1)")
-            print(stats_table(vionet.stats()))
+        say("vmdnetd on the bundled example vm.conf (switch 'lan', VMs alpha and beta)")
+        print(default_config_text())
+        d = Demo(image, ns, workdir)
+        d.wait_running()
+        say("vmdnetctl status")
+        print(d.ctl_run("status"))
+        say("alpha <-> beta on switch 'lan' (bridge vnbr0, one vionet per interface)")
+        d.guest("alpha", f"ip addr add {ALPHA}/24 dev eth0")
+        d.guest("beta", f"ip addr add {BETA}/24 dev eth0")
+        print(d.guest("alpha", f"ping -c 3 -i 0.3 -W 5 {BETA}").strip().splitlines()[-2])
+        d.guest("beta", "iperf3 -s -D -1")
+        out = d.guest("alpha", f"for i in 1 2 3 4 5; do iperf3 -c {BETA} -n 30M -J "
+                               "> /tmp/i.json && break; sleep 1; done; cat /tmp/i.json")
+        sent = json.loads(out)["end"]["sum_sent"]
+        print(f"iperf3 alpha -> beta: {sent['bytes'] / 1e6:.0f} MB in {sent['seconds']:.2f} s "
+              f"= {sent['bits_per_second'] / 1e9:.2f} Gbit/s")
+        say("beta <-> host on beta's local interface (vntap2)")
+        addr = local_lease(d)
+        host = ns.run(["ip", "-4", "-o", "addr", "show", "vntap2"]).stdout.split()[3]
+        print(f"beta leased {addr}; the host end is {host}")
+        print(d.guest("beta", f"ping -c 3 -i 0.3 -W 5 {host.split('/')[0]}")
+              .strip().splitlines()[-2])
+        say("vmdnetctl show interfaces")
+        print(d.ctl_run("show", "interfaces"))
     finally:
-        if iperf:
-            stop_process(iperf)
-        if vionet:
-            vionet.close()
+        if d:
+            d.close()
         ns.close()
-    say("done: guest stopped, vionet stopped, namespace removed")
+    say("done: VMs, vionets and vmdnetd stopped, namespace removed")
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.WARNING)
     if os.geteuid() != 0:
-        print("the demo needs root (network namespaces, taps)", file=sys.stderr)
+        print("the demo needs root (network namespaces, taps, privilege separation)",
+              file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(prefix="vmdnet-demo-") as d:
-        run_demo(Path(d))
+    say("building (or reusing) the test guest: Debian 6.1 kernel + busybox + iperf3")
+    image = GuestImage.build()
+    sandbox.ensure_user(sandbox.DEFAULT_USER)
+    workdir = Path(tempfile.mkdtemp(prefix="vmdnet-demo-"))
+    workdir.chmod(0o755)
+    try:
+        run_demo(image, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -23,7 +23,7 @@ fi
 OUTDIR=${1:-$HERE/out}
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
-INPUTS=("$HERE/build-guest.sh" "$HERE/init" "$HERE/moddeps.py")
+INPUTS=("$HERE/build-guest.sh" "$HERE/init" "$HERE/moddeps.py" "$HERE/udhcpc.script")
 OUTPUTS=("$OUTDIR/vmlinuz" "$OUTDIR/initramfs.cpio.gz" "$OUTDIR/root/bin/busybox")
 
 # The virtio-net stack of Debian's 6.1 kernel, in the order named by DESIGN.md; moddeps.py
@@ -196,6 +196,7 @@ build_root() {
 	install -D -m 0755 "$EXTRACT/$LOADER_FILE" "$ROOT/$LOADER"
 	python3 "$HERE/moddeps.py" "$EXTRACT/lib/modules/$kver" "$ROOT/lib/modules" "${MODULES[@]}" >&2
 	install -m 0755 "$HERE/init" "$ROOT/init"
+	install -D -m 0755 "$HERE/udhcpc.script" "$ROOT/etc/udhcpc/default.script"
 	echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
 	echo "root:x:0:" >"$ROOT/etc/group"
 	printf '127.0.0.1 localhost\n::1 localhost\n' >"$ROOT/etc/hosts"
