@@ -899,11 +899,15 @@ def add_address(ns: guestlib.GuestNetns, tap: str, host: str) -> None:
 
 
 def start_guest(stack: contextlib.ExitStack, image: guestlib.GuestImage,
-                ns: guestlib.GuestNetns, setup: GuestSetup, work: Path) -> guestlib.Guest:
-    """Boot one guest on `setup`'s backend; everything it needs is undone by `stack`."""
+                ns: guestlib.GuestNetns, setup: GuestSetup, work: Path
+                ) -> tuple[guestlib.Guest, dict[str, int]]:
+    """Boot one guest on `setup`'s backend; everything it needs is undone by `stack`.
+    Returns the guest and the processes whose threads do its work (for CPU shares)."""
+    pids = {}
     if setup.name == "vionet":
         v = VionetProc(ns, work, setup.tap)
         stack.callback(v.close)
+        pids["vionet"] = v.proc.pid
         netdev: guestlib.Netdev = guestlib.VhostUserNetdev(str(v.sock))
     else:
         ns.run(["ip", "tuntap", "add", "dev", setup.tap, "mode", "tap"])
@@ -915,11 +919,12 @@ def start_guest(stack: contextlib.ExitStack, image: guestlib.GuestImage,
     g = guestlib.Guest(image, netdev, ip=f"{setup.guest}/24", netns=ns.name,
                        log_path=work / f"guest-{log_name}.log")
     stack.callback(g.close)
-    return g
+    pids["qemu"] = g.proc.pid
+    return g, pids
 
 
-def guest_rounds(guests: dict[str, guestlib.Guest], setups: list[GuestSetup],
-                 timing: Timing) -> list[Result]:
+def guest_rounds(guests: dict[str, guestlib.Guest], pids: dict[str, dict[str, int]],
+                 setups: list[GuestSetup], timing: Timing) -> list[Result]:
     """Alternate the guests run after run (both directions, `timing.guest_rounds`
     rounds): load changes hit every backend alike.  Best interval over the rounds."""
     results = {(s.name, d): Result(3, "iperf3 TCP", d, s.name,
@@ -931,12 +936,15 @@ def guest_rounds(guests: dict[str, guestlib.Guest], setups: list[GuestSetup],
                 res = results[(s.name, d)]
                 if s.name not in guests:
                     continue
+                s0 = sched_sample(pids[s.name])
                 try:
                     best, detail = iperf(guests[s.name], s.host, timing.iperf_s,
                                          d == "guest RX")
                 except (guestlib.GuestError, RuntimeError, ValueError, KeyError) as e:
                     res.error = short_error(e)
                     continue
+                res.detail.setdefault("threads_by_round", []).append(
+                    sched_report(s0, sched_sample(pids[s.name])))
                 res.gbps = max(res.gbps or 0.0, best)
                 res.detail["rounds_best_gbps"].append(round(best, 3))
                 res.detail["rounds_mean_gbps"].append(detail["mean_gbps"])
@@ -967,10 +975,11 @@ def part3(ns: guestlib.GuestNetns, timing: Timing, work: Path) -> list[Result]:
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
         stack.callback(guestlib.stop_process, server)
-        guests = {}
+        guests, pids = {}, {}
         for setup in setups:
             try:
-                guests[setup.name] = start_guest(stack, image, ns, setup, work)
+                guests[setup.name], pids[setup.name] = start_guest(stack, image, ns, setup,
+                                                                   work)
             except (RuntimeError, OSError, subprocess.SubprocessError) as e:
                 failed[setup.name] = f"start: {short_error(e)}"
         for name, g in list(guests.items()):
@@ -980,7 +989,7 @@ def part3(ns: guestlib.GuestNetns, timing: Timing, work: Path) -> list[Result]:
                 failed[name] = f"boot: {short_error(e)}"
                 del guests[name]
         log.info("guests up (%s); iperf3 %d round(s)", ", ".join(guests), timing.guest_rounds)
-        results = guest_rounds(guests, setups, timing)
+        results = guest_rounds(guests, pids, setups, timing)
     for r in results:
         if r.backend in failed:
             r.error = failed[r.backend]
@@ -1024,6 +1033,18 @@ def cell(r: Result, metric: str) -> str:
     return (fmt_pps(r.pps) if metric == "pps" else fmt_gbps(r.gbps)) + mark
 
 
+def cpu_cell(r: Result, prefix: str = "") -> str:
+    """The backend's busiest thread (or the busiest whose name starts with
+    `prefix`): share of a CPU it ran / waited runnable.  Part 3: the last round."""
+    report = r.detail.get("threads") or (r.detail.get("threads_by_round") or [{}])[-1]
+    threads = [t for k, t in report.items()
+               if not k.startswith(("guest:", "injector:")) and k.startswith(prefix)]
+    if not threads:
+        return "-"
+    t = max(threads, key=lambda t: t["cpu"])
+    return f"{t['cpu'] * 100:.0f}/{t['runq_wait'] * 100:.0f}%"
+
+
 def tables(results: list[Result], vs: list[Verdict], parts: set[int], timing: Timing) -> str:
     def verdict_of(part: int, case: str, d: str) -> Verdict:
         return next(v for v in vs if (v.part, v.case, v.direction) == (part, case, d))
@@ -1037,33 +1058,39 @@ def tables(results: list[Result], vs: list[Verdict], parts: set[int], timing: Ti
             a, b = find(results, 1, case.name, d, "vionet"), find(results, 1, case.name, d,
                                                                  "OVS-DPDK")
             v = verdict_of(1, case.name, d)
-            rows1.append([case.name, d, cell(a, "pps"), cell(a, "gbps"), cell(b, "pps"),
-                          cell(b, "gbps"), ratio(v), f">= {case.target}x", v.verdict])
-    t1 = tabulate(rows1, headers=["frames", "direction", "vionet", "Gbit/s", "OVS-DPDK",
-                                  "Gbit/s", "vionet/OVS", "target", "result"],
+            rows1.append([case.name, d, cell(a, "pps"), cell(a, "gbps"), cpu_cell(a),
+                          cell(b, "pps"), cell(b, "gbps"), cpu_cell(b), ratio(v),
+                          f">= {case.target}x", v.verdict])
+    t1 = tabulate(rows1, headers=["frames", "direction", "vionet", "Gbit/s", "CPU", "OVS-DPDK",
+                                  "Gbit/s", "CPU", "vionet/OVS", "target", "result"],
                   disable_numparse=True)
     a = find(results, 2, "64 B", "guest TX", "vionet --discard")
     b = find(results, 2, "64 B", "guest TX", "DPDK net_vhost")
     v = verdict_of(2, "64 B", "guest TX")
-    t2 = tabulate([["64 B txonly", cell(a, "pps"), cell(b, "pps"), ratio(v),
-                    f">= {TARGET_RING_PPS}x", v.verdict]],
-                  headers=["frames", "vionet --discard", "net_vhost rxonly", "ratio", "target",
-                           "result"], disable_numparse=True)
+    t2 = tabulate([["64 B txonly", cell(a, "pps"), cpu_cell(a), cell(b, "pps"), cpu_cell(b),
+                    ratio(v), f">= {TARGET_RING_PPS}x", v.verdict]],
+                  headers=["frames", "vionet --discard", "CPU", "net_vhost rxonly", "CPU",
+                           "ratio", "target", "result"], disable_numparse=True)
     rows3 = []
     for d in ("guest TX", "guest RX"):
         a = find(results, 3, "iperf3 TCP", d, "vionet")
         b = find(results, 3, "iperf3 TCP", d, "QEMU tap")
         c = find(results, 3, "iperf3 TCP", d, "QEMU tap (MSI-X)")
         v = verdict_of(3, "iperf3 TCP", d)
-        rows3.append([d, cell(a, "gbps"), cell(b, "gbps"), ratio(v), f">= {TARGET_GUEST}x",
+        rows3.append([d, cell(a, "gbps"), cpu_cell(a, "qemu"), cpu_cell(a, "vionet"),
+                      cell(b, "gbps"), cpu_cell(b, "qemu"), ratio(v), f">= {TARGET_GUEST}x",
                       v.verdict, cell(c, "gbps") if c.error != "not run" else "-"])
-    t3 = tabulate(rows3, headers=["iperf3 TCP", "vionet Gbit/s", "QEMU tap Gbit/s", "ratio",
-                                  "target", "result", "QEMU tap MSI-X (info)"],
+    t3 = tabulate(rows3, headers=["iperf3 TCP", "vionet Gbit/s", "vCPU", "vionet CPU",
+                                  "QEMU tap Gbit/s", "vCPU", "ratio", "target", "result",
+                                  "QEMU tap MSI-X (info)"],
                   disable_numparse=True)
     text = {1: f"1. virtio_user <-> backend <-> tap: vionet vs OVS-DPDK (userspace TSO)\n{t1}\n",
             2: f"2. raw ring speed (virtio_user txonly, backend discards)\n{t2}\n",
             3: f"3. QEMU/TCG guest, iperf3: vionet vs QEMU's tap backend (vhost=off)\n{t3}\n"}
-    legend = ("* the tap dropped < 5 % of what the backend read: it kept up with the "
+    legend = ("CPU: the backend's busiest thread, % of a CPU it ran / % it waited runnable "
+              "for one (the rest it slept); vCPU: QEMU's busiest thread (the TCG vCPU), "
+              "last round\n"
+              "* the tap dropped < 5 % of what the backend read: it kept up with the "
               "injector, the rate is a lower bound\n"
               f"rates: the best of {timing.windows} windows of {timing.window_s:g} s after a "
               f"{timing.warmup_s:g} s warm-up (medians in the JSON); iperf3: the best 1 s "
