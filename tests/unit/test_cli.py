@@ -123,6 +123,16 @@ def test_interfaces_table_adds_up_counters() -> None:
     assert "alpha/0: features csum,version_1" in text
 
 
+def test_interfaces_table_shows_coalescing() -> None:
+    rsc = {"mode": "gso", "interval_us": 300, "rsc_received": 100, "rsc_coalesced": 90,
+           "rsc_units_coalesced": 10, "rsc_dup_acks": 2, "rsc_timer_flushes": 3}
+    iface = {**IFACES[0], "stats": {**IFACES[0]["stats"], "rsc": rsc}}
+    text = F.render("show-interfaces", [iface], "table")
+    assert ("alpha/0: coalescing (gso, 300 us): 100 received, 90 merged into 10 units, "
+            "2 dup ACKs, 3 timer flushes, 0 out of order") in text
+    assert "coalescing" not in F.render("show-interfaces", IFACES, "table")
+
+
 @pytest.mark.parametrize("fmt,load", [("json", json.loads), ("yaml", yaml.safe_load)])
 def test_json_and_yaml_are_the_answer_itself(fmt, load) -> None:
     assert load(F.render("status", STATUS, fmt)) == STATUS

@@ -94,11 +94,31 @@ def short_features(names: list[str]) -> str:
     return ",".join(out)
 
 
+def coalescing(i: dict[str, Any]) -> str | None:
+    """One line of receive coalescing counters, when the interface coalesces."""
+    rsc = (i.get("stats") or {}).get("rsc")
+    if not rsc:
+        return None
+
+    def n(key: str) -> int:
+        return int(rsc.get(f"rsc_{key}", 0))
+
+    return (f"{i.get('vm')}/{i.get('index')}: coalescing ({rsc.get('mode')}, "
+            f"{rsc.get('interval_us')} us): {n('received')} received, {n('coalesced')} "
+            f"merged into {n('units_coalesced')} units, {n('dup_acks')} dup ACKs, "
+            f"{n('timer_flushes')} timer flushes, {n('out_of_order')} out of order")
+
+
 def interfaces_table(ifaces: list[dict[str, Any]]) -> str:
     table = tabulate([iface_row(i) for i in ifaces], headers=IFACE_HEADERS, tablefmt="plain")
-    notes = [f"{i.get('vm')}/{i.get('index')}: features "
-             f"{short_features(i['stats'].get('negotiated_features', [])) or NONE}"
-             for i in ifaces if i.get("stats")]
+    notes = []
+    for i in ifaces:
+        if i.get("stats"):
+            notes.append(f"{i.get('vm')}/{i.get('index')}: features "
+                         f"{short_features(i['stats'].get('negotiated_features', [])) or NONE}")
+            line = coalescing(i)
+            if line:
+                notes.append(line)
     return "\n".join([table, *notes]) if notes else table
 
 
