@@ -4,13 +4,14 @@ Three comparisons, each printed as a table and written to bench/results/vionet.j
 
 1. **vionet vs Open vSwitch with DPDK** (OVS 3.1: a ``dpdkvhostuserclient``
    port and a ``tap`` port with ``userspace-tso-enable=true``, joined by two
-   OpenFlow rules so OVS does no MAC learning or flooding).  The guest is
-   DPDK's virtio_user (tests/dpdklib.py); each backend's tap lives in the
-   namespace ``vn-bench-<pid>`` we create.  Frames: 64 B and 1514 B (UDP from
-   testpmd's ``txonly``) and 64 KiB TCP super-packets with TSO over IPv4 and
-   IPv6 (pcap + ``csum`` engine).  Both directions:
+   OpenFlow rules so OVS does no MAC learning or flooding; its non-PMD
+   threads are unpinned, see unpin_ovs_threads).  The guest is DPDK's
+   virtio_user (tests/dpdklib.py); each backend's tap lives in the namespace
+   ``vn-bench-<pid>`` we create (198.18.0.0/15 only).  Frames: 64 B and
+   1514 B (UDP from testpmd's ``txonly``) and 64 KiB TCP super-packets with
+   TSO over IPv4 and IPv6 (pcap + ``csum`` engine).  Both directions:
      * guest TX: virtio_user -> backend -> tap, counted by the tap's kernel
-       rx counters over a fixed window;
+       rx counters;
      * guest RX: frames injected into the tap by a paced AF_PACKET sender
        (``sendmmsg`` through ctypes, one call per batch, in a child process;
        GSO super-packets carry a virtio_net_hdr via PACKET_VNET_HDR) ->
@@ -19,20 +20,25 @@ Three comparisons, each printed as a table and written to bench/results/vionet.j
    Targets: TSO >= 1.0x OVS's Gbit/s; 64 B and 1514 B >= 0.8x OVS's pps.
 2. **Raw ring speed**: vionet ``--discard`` vs DPDK's ``net_vhost`` in
    ``rxonly``, virtio_user ``txonly`` 64 B in front of both, counted by the
-   guest's TX counter (what the backend took off the ring).  Target >= 0.25x.
+   guest's TX counter (what the backend took off the ring), alternated over
+   a few rounds.  Target >= 0.25x.
 3. **A real guest**: the test guest (QEMU 7.2/TCG, tests/guestlib.py) runs
    iperf3 against the guest's own iperf3 binary run on the host side, through
-   vionet and through QEMU's own tap backend (``vhost=off``), both
-   directions.  Target >= 0.95x each way.
+   vionet and through QEMU's own tap backend (``vhost=off``; ``vectors=0``
+   like the vhost-user device, MSI-X shown for information), both
+   directions; all guests boot at once and their runs alternate.  Target
+   >= 0.95x each way.
 
 Nothing is asserted: targets print pass/miss.  What cannot run here (no
 OVS-DPDK, no QEMU, a start-up failure) is reported with its reason in place
-of a number.  The machine has 2 shared cores: the load average is recorded
-before and after each part, and every rate is one window of wall time.
+of a number.  The machine has 2 shared cores: each rate is the best of
+several short windows (medians kept), the load average is recorded before
+and after each part, and every result carries the CPU share each busy
+thread ran and waited for (schedstat), so starvation shows (see NOTES).
 Everything started here (testpmd, ovs-vswitchd/ovsdb-server, QEMU, vionet,
 iperf3, the injector) is stopped by PID; the namespace, hugepage mount and
-hugepage reservation are undone at exit.  ``--quick`` shortens every window
-(about 2 minutes in all instead of about 5).
+hugepage reservation are undone at exit, also on SIGTERM.  ``--quick``
+shortens every window (about 2 minutes in all instead of about 5).
 """
 
 from __future__ import annotations
@@ -105,7 +111,7 @@ class Timing:
     tap_msix: bool
 
 
-FULL = Timing(warmup_s=1.0, window_s=0.5, windows=6, iperf_s=5, ring_rounds=2, guest_rounds=2,
+FULL = Timing(warmup_s=1.0, window_s=0.5, windows=6, iperf_s=5, ring_rounds=2, guest_rounds=3,
               tap_msix=True)
 QUICK = Timing(warmup_s=0.5, window_s=0.4, windows=3, iperf_s=3, ring_rounds=1, guest_rounds=1,
                tap_msix=False)
@@ -1108,6 +1114,27 @@ def environment(timing: Timing, quick: bool) -> dict[str, Any]:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+# What a reader of the numbers must know (also in the module docstring).
+NOTES = [
+    "2 CPUs shared with other users: every busy thread (DPDK pollers, vionet, OVS, QEMU's "
+    "vCPU) got roughly half a CPU and waited runnable for the rest (see each result's "
+    "'threads': cpu = share of a CPU it ran, runq_wait = share it waited for one); rates vary "
+    "by 2x or more between runs, so the best window is the headline and medians are kept.",
+    "Guest RX through OVS: OVS polls tap ports from its main thread, not a PMD thread; its "
+    "PMD thread busy-polls the vhost port on CPU 1 and the guest's testpmd busy-polls CPU 0, "
+    "so the tap -> vhost path runs on what is left (vhu0 tx_drop: the guest ring was full "
+    "while testpmd waited for a CPU). Non-PMD OVS threads are unpinned (dpdk-lcore-mask "
+    "had pinned them to CPU 0).",
+    "Guest RX rates marked sender_bound: the backend took (almost) all the injector offered; "
+    "the injector (AF_PACKET sendmmsg) shares the same 2 CPUs.",
+    "Part 2: vionet --discard validates and drops (no copy); net_vhost rxonly copies each "
+    "packet into an mbuf.",
+    "Part 3: both QEMU devices use vectors=0 (INTx), which QEMU 7.2/TCG needs for vhost-user; "
+    "QEMU tap with MSI-X is shown for information. TCG throughput follows the vCPU thread's "
+    "CPU share.",
+]
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 def run(timing: Timing, quick: bool, parts: set[int], backends: set[str], out: Path,
@@ -1162,7 +1189,8 @@ def run(timing: Timing, quick: bool, parts: set[int], backends: set[str], out: P
                      f"{env['wall_s']:.0f} s\n")
     sys.stdout.flush()
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"environment": env, "results": [dataclasses.asdict(r) for r in results],
+    report = {"environment": env, "notes": NOTES,
+              "results": [dataclasses.asdict(r) for r in results],
               "verdicts": [dataclasses.asdict(v) for v in vs],
               "targets": {"tso_gbps_vs_ovs": TARGET_TSO_GBPS,
                           "small_pps_vs_ovs": TARGET_SMALL_PPS,
