@@ -56,7 +56,9 @@
  * (for ARP, also behind up to two VLAN tags) whose sender hardware address,
  * is not cfg->lladdr; RX refuses unicast frames (I/G bit clear) addressed to
  * another MAC.  Both look only at bytes already copied (the TX peek, the RX
- * bounce buffer), so the guest cannot change what was checked.  A locked RX
+ * bounce buffer), so the guest cannot change what was checked: TX writes
+ * the checked bytes from the peek copy (tx_locked_iov), the rest from guest
+ * memory or the stable copy as usual.  A locked RX
  * queue never reads the tap straight into guest memory: a frame refused
  * there would already be in the guest's buffers for it to read.
  *
@@ -413,7 +415,32 @@ struct tx_frame {
 	uint32_t first;
 	uint32_t n;
 	size_t len;
+	size_t peek_len;        /* frame bytes copied to w->peek and checked there */
 };
+
+/*
+ * Locked lladdr: the iovecs to write a frame whose first bytes come from the
+ * peek copy the lock examined (the guest may rewrite its memory at any time),
+ * the rest from guest memory.  Built in seg_iov, which only the software path
+ * uses; w->iov is changed in place (a retried chain is walked again).
+ * Return the count.
+ */
+static uint32_t tx_locked_iov(struct vn_work *w, const struct tx_frame *f,
+			      const struct vn_txcfg *cfg)
+{
+	struct iovec *v = w->seg_iov;
+	uint32_t end = f->first + f->n, i, k = 0;
+
+	if (cfg->tap_has_vnet_hdr) {
+		v[k].iov_base = w->hdr_raw;
+		v[k++].iov_len = cfg->hdr_sz;
+	}
+	v[k].iov_base = w->peek;
+	v[k++].iov_len = f->peek_len;
+	for (i = iov_skip(w->iov, f->first, end, f->peek_len); i < end; i++)
+		v[k++] = w->iov[i];
+	return k;
+}
 
 /* The tap takes the frame as it is: our header copy, then guest memory. */
 static int tx_passthrough(struct vn_work *w, const struct tx_frame *f, int tap_fd,
@@ -423,9 +450,13 @@ static int tx_passthrough(struct vn_work *w, const struct tx_frame *f, int tap_f
 	uint32_t n = f->n;
 	int rc;
 
-	if (cfg->tap_has_vnet_hdr) {
-		/* iov[first - 1] holds header bytes only (or is the spare iov[0]). */
+	if (cfg->tap_has_vnet_hdr)
 		memset(w->hdr_raw + HDR_LEGACY_SZ, 0, cfg->hdr_sz - HDR_LEGACY_SZ);
+	if (cfg->locked) {
+		n = tx_locked_iov(w, f, cfg);
+		v = w->seg_iov;
+	} else if (cfg->tap_has_vnet_hdr) {
+		/* iov[first - 1] holds header bytes only (or is the spare iov[0]). */
 		w->iov[f->first - 1].iov_base = w->hdr_raw;
 		w->iov[f->first - 1].iov_len = cfg->hdr_sz;
 		v--;
@@ -479,6 +510,8 @@ static int tx_software(struct vn_work *w, struct tx_frame *f, int tap_fd,
 	int nseg, rc, gso;
 
 	vn_iov_to_buf(w->iov + f->first, f->n, 0, w->buf, f->len);
+	if (cfg->locked)        /* the bytes the lock checked, not a later version */
+		memcpy(w->buf, w->peek, f->peek_len);
 	rc = vn_validate(&f->h, w->buf, f->len, &f->pkt);
 	if (rc) {
 		count_drop(st, (unsigned int)-rc);
@@ -550,6 +583,7 @@ static int tx_one(struct vn_work *w, const struct vn_chain *c, int tap_fd,
 	f.first = iov_skip(w->iov, 1, c->niov + 1, cfg->hdr_sz);
 	f.n = c->niov + 1 - f.first;
 	peek_len = f.len < VN_HDR_PEEK ? f.len : VN_HDR_PEEK;
+	f.peek_len = peek_len;
 	vn_iov_to_buf(w->iov + f.first, f.n, 0, w->peek, peek_len);
 	rc = vn_validate_head(&f.h, w->peek, peek_len, f.len, &f.pkt);
 	if (rc) {

@@ -16,6 +16,7 @@ from pktlib import IPPROTO_UDP, MAC_A, MAC_B, eth, l4_frame
 from test_datapath import HDR, fake_tap, guest, recv_all, udp_frame  # noqa: F401  (fixtures)
 
 from vmdnet.offload import Coalescer, VnetHdr, verify
+from vmdnet.offload import complete_checksum as complete
 from vmdnet.vionet.datapath import PacketRing, RxConfig, RxPath, TxConfig, TxPath
 
 BROADCAST = b"\xff" * 6
@@ -58,6 +59,27 @@ def test_tx_lock_passes_own_frames_drops_spoofed(guest, fake_tap):  # noqa: F811
     st = tx.stats.as_dict()
     assert st["drops"]["locked_src"] == 1 and st["drops"]["locked_arp"] == 1
     assert st["packets"] == 2 and st["chains"] == 4
+
+
+@pytest.mark.parametrize("software", [False, True], ids=["passthrough", "software_csum"])
+def test_tx_lock_writes_scattered_frames_whole(guest, fake_tap, software):  # noqa: F811
+    """The checked head is written from vionet's copy, the rest from guest memory."""
+    ours, peer = fake_tap
+    built = l4_frame(4, IPPROTO_UDP, bytes(range(256)) * 4)       # seed checksum
+    hdr = VnetHdr(**built.hdr_fields())
+    f = built.frame
+    pieces = [f[:10], f[10:100], f[100:300], f[300:]]               # peek ends inside one
+    guest.add_tx([hdr.pack(HDR), *pieces])
+    guest.add_tx([hdr.pack(HDR), f[:6] + MAC_B + f[12:]])             # spoofed: dropped
+    tx = TxPath(guest.vring, guest.mem, ours.fileno(),
+                TxConfig(tap_offloads=0 if software else 0x7F, lladdr=MAC_A, locked=True))
+    assert tx.drain() == 2
+    (got,) = recv_all(peer)
+    if software:
+        assert got == bytes(HDR) + complete(hdr, f) and verify(got[HDR:])
+    else:
+        assert got == hdr.pack(HDR) + f
+    assert tx.stats.as_dict()["drops"]["locked_src"] == 1
 
 
 def test_tx_lock_sees_arp_behind_vlan_tags(guest, fake_tap):  # noqa: F811
