@@ -9,9 +9,11 @@ table or the fds.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import threading
+import time
 
 from vmdnet.vionet.datapath import NO_BUFFERS, RingBroken, RxPath, TxPath
 
@@ -26,6 +28,9 @@ BATCH_BUDGET = 256
 # (TCG) pauses for tens of milliseconds; one that posts nothing for a second
 # is not reading, and stale packets are better dropped than delivered late.
 RX_NO_BUFFER_WAIT_MS = 1000
+# RX waiting for buffers of a guest without a kick fd (vhost-user NOFD): how
+# often to look at its ring (TX polls such a guest every millisecond too).
+NOFD_POLL_MS = 1
 # TX when the tap refuses more (EAGAIN): how long to wait for room per try.
 TX_TAP_FULL_WAIT_MS = 10
 
@@ -145,20 +150,22 @@ class QueueWorker(threading.Thread):
         vring = rx.vring
         seen = vring.avail_seen
         vring.notify_enable()
-        if vring.avail_seen != seen:  # posted before it saw our request
-            vring.notify_disable()
-            return
-        if rx.parked_len and vring.avail_count() >= vring.num:
+        if vring.avail_seen == seen and rx.parked_len and vring.avail_count() >= vring.num:
             vring.notify_disable()
             rx.discard(0)
             return
-        ready = self._wait(self._kick_fds(), RX_NO_BUFFER_WAIT_MS)
+        deadline = time.monotonic() + RX_NO_BUFFER_WAIT_MS / 1000
+        # A guest without a kick fd never kicks: look at its ring now and then.
+        step_ms = RX_NO_BUFFER_WAIT_MS if self.kick_fd is not None else NOFD_POLL_MS
+        while vring.avail_seen == seen:
+            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                rx.discard(BATCH_BUDGET)
+                break
+            if self._wait(self._kick_fds(), min(step_ms, left_ms)):
+                break
+            vring.avail_count()  # updates avail_seen
         vring.notify_disable()
-        if ready:
-            return
-        vring.avail_count()  # look once more: a guest without a kick fd only polls
-        if vring.avail_seen == seen:
-            rx.discard(BATCH_BUDGET)
 
 
 class _Stop(Exception):
