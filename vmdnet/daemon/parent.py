@@ -40,7 +40,7 @@ from typing import Any
 from vmdnet.config import Config, ConfigError, Interface, Vm, parse_file
 from vmdnet.config.validate import InvalidValue, valid_vm_name
 from vmdnet.daemon import control, netlink, vmm
-from vmdnet.daemon.vionet import VionetProc, VionetSpec, spawn
+from vmdnet.daemon.vionet import LOCAL_PREFIXLEN, VionetProc, VionetSpec, spawn
 from vmdnet.privsep import sandbox
 from vmdnet.privsep.codec import PrivsepError
 from vmdnet.privsep.control import Request
@@ -64,8 +64,6 @@ GUEST_MAC_PREFIX = bytes.fromhex("fee1bad0")
 HOST_MAC_PREFIX = bytes.fromhex("fee1bad1")
 # One byte each of the host MAC: vm ids and interface indexes above wrap.
 MAC_BYTE = 0xFF
-# Local interfaces take a /31 each out of `local prefix`.
-LOCAL_PREFIXLEN = 31
 # VM states shown by status.
 STATE_RUNNING = "running"
 STATE_NO_VMM = "running (no VMM)"  # nothing to boot: interfaces for an external VMM
