@@ -85,7 +85,8 @@ run-regress-e2e:
 
 # vmdnetd + vmdnetctl: QEMU guests on a switch, privilege separation, restarts, reload.
 run-regress-daemon:
-	$(call pytest_target,tests/e2e/test_daemon.py tests/e2e/test_daemon_external.py)
+	$(call pytest_target,tests/e2e/test_daemon.py tests/e2e/test_daemon_external.py \
+		tests/e2e/test_daemon_lladdr_dhcp.py)
 
 run-regress-asan: asan
 
