@@ -112,6 +112,10 @@ RX_RING_FILL = 238
 # A guest RX ring too small for one 64 KiB packet: 16 x 2 KiB buffers.
 SMALL_RING = 16
 SMALL_RING_ROUNDS = 5
+# testpmd's names for the L4 checksum state of a received packet (ol_flags).
+L4_CKSUM = "RTE_MBUF_F_RX_L4_CKSUM_"
+L4_CKSUM_GOOD, L4_CKSUM_NONE = L4_CKSUM + "GOOD", L4_CKSUM + "NONE"
+L4_CKSUM_UNKNOWN = L4_CKSUM + "UNKNOWN"
 # vionet's tap: room for what the kernel queues for vionet between its reads.
 TAP_A_TXQLEN = 4096
 # Tap B speaks virtio_net_hdr (12 B) so that the host side can write GSO frames.
@@ -664,6 +668,43 @@ def test_rx_frames_reach_the_guest(bench: Bench, vionet: Vionet) -> None:
     assert not drops, drops
 
 
+def test_rx_checksum_claims(bench: Bench, vionet: Vionet) -> None:
+    """What the guest is told about checksums of frames the host wrote plainly.
+
+    A guest with RX checksum offload (GUEST_CSUM) gets DATA_VALID ("good")
+    only for frames whose checksums are correct.  Through a tap with a vnet
+    header the kernel makes no claim for such frames (testpmd: unknown);
+    without one, vionet checks them in C: good ones are marked, a frame with
+    a corrupted TCP or UDP checksum must not be.
+    """
+    good = small_frames(to_guest=True)
+    bad = [corrupt_l4_checksum(f) for f in good]
+    frames = [f for pair in zip(good, bad, strict=True) for f in pair]
+    r = guest_rx(bench, vionet, [(frames, len(frames))], rx_offloads=("udp_cksum", "tcp_cksum"),
+                 verbose=True)
+    claims = [next((f for f in p.ol_flags if f.startswith(L4_CKSUM)), None)
+              for p in r.res.packets]
+    assert len(claims) == len(frames), claims
+    checked = vionet.mode == "no-vnet-hdr"
+    for i, claim in enumerate(claims):
+        want = L4_CKSUM_GOOD if checked and i % 2 == 0 else L4_CKSUM_UNKNOWN
+        assert claim == want, (i, claims)
+    problem = mismatch(r.res.frames, frames)
+    assert problem is None, problem  # delivered as written, bad checksums included
+    assert r.stats["rx_data_valid"] == (len(good) if checked else 0), r.stats
+
+
+def corrupt_l4_checksum(frame: bytes) -> bytes:
+    """`frame` with its TCP/UDP checksum off by one (never 0, the UDP "none")."""
+    v6 = frame[12:14] == b"\x86\xdd"
+    l4 = ETH_HLEN + (IP6_HLEN if v6 else IP4_HLEN)
+    proto = frame[20] if v6 else frame[23]
+    off = l4 + (TCP_CHECK_OFF if proto == IPPROTO_TCP else UDP_CHECK_OFF)
+    c = struct.unpack_from("!H", frame, off)[0]
+    c = c + 1 if c < 0xFFFE else 1
+    return frame[:off] + struct.pack("!H", c) + frame[off + 2:]
+
+
 def rx_gso(bench: Bench, v: Vionet, frames: Sequence[bytes], whole: bool,
            offloads: Sequence[str]) -> RxResult:
     """Write `frames` as GSO into tap B, paced; the guest expects them whole or cut."""
@@ -706,6 +747,12 @@ def test_rx_gso_reaches_the_guest(bench: Bench, vionet: Vionet) -> None:
     offloads = d.RX_OFFLOADS_ALL if whole else ("udp_cksum", "tcp_cksum")
     r = rx_gso(bench, vionet, frames, whole, offloads)
     assert ("TCP_LRO" in r.rx_caps) == whole, r.rx_caps
+    # A GSO packet or the kernel's segments of one keep a partial checksum
+    # (NEEDS_CSUM) where the tap has a vnet header; without one vionet checks
+    # each segment in C and says DATA_VALID.
+    want_flag = L4_CKSUM_GOOD if vionet.mode == "no-vnet-hdr" else L4_CKSUM_NONE
+    flags = {f for p in r.res.packets for f in p.ol_flags if f.startswith(L4_CKSUM)}
+    assert flags == {want_flag}, flags
     log.warning("%s RX GSO: %d super-frames (%d B) in %.2f s (paced)", vionet.mode,
                 len(frames), sum(map(len, frames)), r.elapsed)
     assert bool(vionet.stats()["tap"]["tun_offload_flags"]) == (vionet.mode != "no-vnet-hdr")
