@@ -128,6 +128,97 @@ def test_fd_type_without_fd_is_refused() -> None:
         Decoder(Peer.VIONET, Peer.PARENT).receive(unflagged)
 
 
+def pipe_fds(n: int) -> list[int]:
+    """N open read ends (their write ends closed): stand-ins for a tap or socket fd."""
+    fds = []
+    for _ in range(n):
+        r, w = os.pipe()
+        os.close(w)
+        fds.append(r)
+    return fds
+
+
+FD_BODIES = [C.VionetTap("vndt0", 12), C.VhostUserFd(), C.VionetTap("a", C.NO_VNET_HDR),
+             C.VionetTap("x" * 15, 20), C.VhostUserFd()]
+
+
+def test_fd_frames_round_trip_whole_and_byte_by_byte() -> None:
+    """The tap and connection frames, each with its own fd, in order, fed whole and
+    one byte at a time (the fds arriving with a frame's first byte)."""
+    frames_ = [C.encode(Peer.PARENT, Peer.VIONET, b, peer_id=0, seq=i + 1, with_fd=True)
+               for i, b in enumerate(FD_BODIES)]
+    fds = pipe_fds(len(FD_BODIES))
+    whole = Decoder(Peer.VIONET, Peer.PARENT).receive(b"".join(frames_), fds)
+    assert [(m.body, m.fd, m.seq) for m in whole] == \
+        [(b, fd, i + 1) for i, (b, fd) in enumerate(zip(FD_BODIES, fds))]
+    dec = Decoder(Peer.VIONET, Peer.PARENT)
+    one_by_one = []
+    for frame, fd in zip(frames_, fds):
+        for i in range(len(frame)):
+            one_by_one += dec.receive(frame[i:i + 1], [fd] if i == 0 else [])
+    assert one_by_one == whole and dec.idle
+    dec.check_no_stray_fds()
+    for fd in fds:
+        os.close(fd)
+
+
+def test_tap_layout_is_explicit() -> None:
+    frame = C.encode(Peer.PARENT, Peer.VIONET, C.VionetTap("vn0", 12), peer_id=0, seq=1,
+                     with_fd=True)
+    assert frame[:8] == bytes([1, C.FLAG_FD, 0, 8, 0, 0, 0, 20])
+    assert frame[16:] == b"\0\0\0\x0c" + b"vn0" + b"\0" * 13
+
+
+def tap_raw(payload: bytes) -> bytes:
+    return struct.pack("!BBHIII", 1, C.FLAG_FD, int(C.MsgType.VIONET_TAP), len(payload), 0,
+                       1) + payload
+
+
+def tap_payload(size: int = 12, name: bytes = b"vn0" + b"\0" * 13) -> bytes:
+    return struct.pack("!I", size) + name
+
+
+@pytest.mark.parametrize("payload,match", [
+    (tap_payload()[:-1], "payload of 19 bytes"),
+    (tap_payload() + b"\0", "payload of 21 bytes"),
+    (tap_payload(size=11), "vnet_hdr_sz 11"),
+    (tap_payload(size=2**32 - 1), "vnet_hdr_sz"),
+    (tap_payload(name=b"x" * 16), "not NUL-terminated"),
+    (tap_payload(name=b"vn0\0x" + b"\0" * 11), "bytes after its NUL"),
+    (tap_payload(name=b"\0" * 16), "empty"),
+    (tap_payload(name=b"vn/0" + b"\0" * 12), "invalid interface name"),
+    (tap_payload(name=b".." + b"\0" * 14), "invalid interface name"),
+    (tap_payload(name=b"vn\xe90" + b"\0" * 12), "ASCII"),
+])
+def test_tap_frame_checks_every_field(payload: bytes, match: str) -> None:
+    dec = Decoder(Peer.VIONET, Peer.PARENT)
+    (fd,) = pipe_fds(1)
+    with pytest.raises(PrivsepError, match=match):
+        dec.receive(tap_raw(payload), [fd])
+    assert not fd_is_open(fd)     # the refused frame's fd is closed
+
+
+@pytest.mark.parametrize("body", [C.VionetTap("vn/0", 12), C.VionetTap("", 12),
+                                  C.VionetTap("x" * 16, 12), C.VionetTap("vn0", 11),
+                                  C.VionetTap("vné", 12)])
+def test_encoder_refuses_a_bad_tap(body) -> None:
+    with pytest.raises(PrivsepError, match="VIONET_TAP"):
+        C.encode(Peer.PARENT, Peer.VIONET, body, peer_id=0, seq=1, with_fd=True)
+
+
+def test_tap_goes_only_to_a_vionet_and_only_with_its_fd() -> None:
+    with pytest.raises(PrivsepError, match="needs fd"):
+        C.encode(Peer.PARENT, Peer.VIONET, C.VionetTap("vn0", 12), peer_id=0, seq=1)
+    with pytest.raises(PrivsepError, match="does not accept"):
+        C.encode(Peer.VIONET, Peer.PARENT, C.VionetTap("vn0", 12), peer_id=0, seq=1,
+                 with_fd=True)
+    unflagged = bytes([1, 0]) + tap_raw(tap_payload())[2:]
+    with pytest.raises(PrivsepError, match="fd flag missing"):
+        Decoder(Peer.VIONET, Peer.PARENT).receive(unflagged)
+    with pytest.raises(PrivsepError, match="does not accept VIONET_TAP"):
+        Decoder(Peer.PARENT, Peer.VIONET).receive(tap_raw(tap_payload()), pipe_fds(1))
+
+
 def fd_is_open(fd: int) -> bool:
     try:
         os.fstat(fd)

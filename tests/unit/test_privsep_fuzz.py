@@ -15,15 +15,18 @@ from vmdnet.privsep.codec import Decoder, Peer, PrivsepError
 # Header fields near the edges of what is valid.
 VERSIONS = [0, 1, 2, 255]
 FLAGS = [0, C.FLAG_FD, 2, 0x80, 0xFF]
-TYPES = [0, *[int(t) for t in C.MsgType], 8, 0xFFFF]
-LENGTHS = [0, 1, 3, 4, 5, 16, C.MAX_PAYLOAD, C.MAX_PAYLOAD + 1, 0xFFFFFFFF]
+TYPES = [0, *[int(t) for t in C.MsgType], max(C.MsgType) + 1, 0xFFFF]
+LENGTHS = [0, 1, 3, 4, 5, 16, 20, C.MAX_PAYLOAD, C.MAX_PAYLOAD + 1, 0xFFFFFFFF]
+# A valid VIONET_TAP payload (vnet_hdr_sz 12, "vn0") and near misses of it.
+TAP_PAYLOAD = struct.pack("!I", 12) + b"vn0" + b"\0" * 13
 
 
 @st.composite
 def frame(draw: st.DrawFn) -> bytes:
     payload = draw(st.one_of(
         st.binary(max_size=24),
-        st.sampled_from([b"{}", b'{"a":1}', b"[]", b"\0\0\0\x0c", b"\0\0\0\x01", b"\x01"])))
+        st.sampled_from([b"{}", b'{"a":1}', b"[]", b"\0\0\0\x0c", b"\0\0\0\x01", b"\x01",
+                         TAP_PAYLOAD, TAP_PAYLOAD[:-1] + b"x", TAP_PAYLOAD[:4] + b"\0" * 16])))
     length = draw(st.one_of(st.just(len(payload)), st.sampled_from(LENGTHS)))
     header = struct.pack("!BBHIII", draw(st.sampled_from(VERSIONS)), draw(st.sampled_from(FLAGS)),
                          draw(st.sampled_from(TYPES)), length,

@@ -8,7 +8,8 @@ Who talks to whom, and what each side accepts
 ---------------------------------------------
     peer      receives from   message types it accepts
     PARENT    VIONET          TAP_SET_OFFLOAD, TAP_SET_VNET_HDR_SZ, STATS
-    VIONET    PARENT          RESULT, STATS_REQUEST, LOG_VERBOSE, VHOST_USER_FD
+    VIONET    PARENT          RESULT, STATS_REQUEST, LOG_VERBOSE, VHOST_USER_FD,
+                              VIONET_TAP
 
 (The table is ACCEPTS below; the encoder refuses to build a frame its peer
 would refuse, so a bug shows up at the sender.)
@@ -30,7 +31,11 @@ Payloads (fixed layouts; the codec checks the exact length):
     STATS                UTF-8 JSON object, 2..MAX_PAYLOAD bytes (counters: a
                          nested object of numbers, strings, lists, booleans, null)
     LOG_VERBOSE          u8 verbose (0 brief, 1 verbose)
-    VHOST_USER_FD        (empty; FLAG_FD required: a connected vhost-user socket)
+    VHOST_USER_FD        (empty; FLAG_FD required: a connected vhost-user socket,
+                         vmd's IMSG_VIONET_CONN; each one replaces the last)
+    VIONET_TAP           u32 vnet_hdr_sz (0: no IFF_VNET_HDR, else one of VNET_HDR_SIZES),
+                         char name[IFNAMSIZ] (the tap's name, NUL-padded, valid_ifname);
+                         FLAG_FD required: the tap fd, sent once, first
 
 File descriptors: the I/O side uses SOCK_SEQPACKET, one frame per record, so
 fds given with a chunk belong to the frame that chunk starts or continues.
@@ -48,6 +53,10 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from vmdnet.config.errors import InvalidValue
+from vmdnet.config.limits import IFNAMSIZ
+from vmdnet.config.validate import valid_ifname
+
 FRAME_VERSION = 1
 HEADER = struct.Struct("!BBHIII")
 HEADER_SIZE = HEADER.size
@@ -64,6 +73,8 @@ PARENT_ID = 0
 TUN_OFFLOAD_MASK = 0xFFFF
 # virtio_net_hdr sizes a tap accepts (TUNSETVNETHDRSZ): legacy, v1, hash report.
 VNET_HDR_SIZES = (10, 12, 20)
+# VIONET_TAP's vnet_hdr_sz for a tap opened without IFF_VNET_HDR.
+NO_VNET_HDR = 0
 # An errno is a small positive number; 4095 is the kernel's MAX_ERRNO.
 MAX_ERRNO = 4095
 
@@ -89,6 +100,7 @@ class MsgType(enum.IntEnum):
     STATS = 5
     LOG_VERBOSE = 6
     VHOST_USER_FD = 7
+    VIONET_TAP = 8
 
 
 # Receiver -> {sender -> message types the receiver accepts from it}.
@@ -99,11 +111,11 @@ ACCEPTS: dict[Peer, dict[Peer, frozenset[MsgType]]] = {
     },
     Peer.VIONET: {
         Peer.PARENT: frozenset({MsgType.RESULT, MsgType.STATS_REQUEST, MsgType.LOG_VERBOSE,
-                                MsgType.VHOST_USER_FD}),
+                                MsgType.VHOST_USER_FD, MsgType.VIONET_TAP}),
     },
 }
 # Message types that carry exactly one fd (and no other type may carry one).
-FD_TYPES: frozenset[MsgType] = frozenset({MsgType.VHOST_USER_FD})
+FD_TYPES: frozenset[MsgType] = frozenset({MsgType.VHOST_USER_FD, MsgType.VIONET_TAP})
 
 
 # --- payloads ------------------------------------------------------------------------------
@@ -154,10 +166,20 @@ class VhostUserFd:
     """A connected vhost-user socket for a vionet (the fd rides with the frame)."""
 
 
+@dataclass(frozen=True)
+class VionetTap:
+    """A vionet's tap (the fd rides with the frame): its name and virtio_net_hdr size."""
+
+    name: str
+    vnet_hdr_sz: int
+
+
 Body = (TapSetOffload | TapSetVnetHdrSz | Result | StatsRequest | Stats | LogVerbose
-        | VhostUserFd)
+        | VhostUserFd | VionetTap)
 
 _U32 = struct.Struct("!I")
+# VIONET_TAP: u32 vnet_hdr_sz, then the name NUL-padded to IFNAMSIZ (as in struct ifreq).
+_TAP = struct.Struct(f"!I{IFNAMSIZ}s")
 _I32 = struct.Struct("!i")
 _U8 = struct.Struct("!B")
 
@@ -219,6 +241,30 @@ def _dec_vhost_user_fd(data: bytes) -> Body:
     return VhostUserFd()
 
 
+def _check_tap(name: str, vnet_hdr_sz: int) -> None:
+    if vnet_hdr_sz != NO_VNET_HDR and vnet_hdr_sz not in VNET_HDR_SIZES:
+        raise PrivsepError(f"VIONET_TAP: vnet_hdr_sz {vnet_hdr_sz} not in "
+                           f"{(NO_VNET_HDR, *VNET_HDR_SIZES)}")
+    try:
+        valid_ifname(name)
+    except InvalidValue as exc:
+        raise PrivsepError(f"VIONET_TAP: {exc}") from None
+
+
+def _dec_tap(data: bytes) -> Body:
+    _need_len(data, _TAP.size, "VIONET_TAP")
+    vnet_hdr_sz, raw_name = _TAP.unpack(data)
+    name, nul, pad = raw_name.partition(b"\0")
+    if not nul or pad.strip(b"\0"):
+        raise PrivsepError("VIONET_TAP: name not NUL-terminated or bytes after its NUL")
+    try:
+        text = name.decode("ascii")
+    except UnicodeDecodeError:
+        raise PrivsepError("VIONET_TAP: name is not ASCII") from None
+    _check_tap(text, vnet_hdr_sz)
+    return VionetTap(text, vnet_hdr_sz)
+
+
 _DECODERS = {
     MsgType.TAP_SET_OFFLOAD: _dec_offload,
     MsgType.TAP_SET_VNET_HDR_SZ: _dec_hdr_sz,
@@ -227,6 +273,7 @@ _DECODERS = {
     MsgType.STATS: _dec_stats,
     MsgType.LOG_VERBOSE: _dec_log,
     MsgType.VHOST_USER_FD: _dec_vhost_user_fd,
+    MsgType.VIONET_TAP: _dec_tap,
 }
 
 
@@ -246,6 +293,9 @@ def _payload(body: Body) -> tuple[MsgType, bytes]:
         return MsgType.LOG_VERBOSE, _U8.pack(int(body.verbose))
     if isinstance(body, VhostUserFd):
         return MsgType.VHOST_USER_FD, b""
+    if isinstance(body, VionetTap):
+        _check_tap(body.name, body.vnet_hdr_sz)
+        return MsgType.VIONET_TAP, _TAP.pack(body.vnet_hdr_sz, body.name.encode("ascii"))
     raise TypeError(f"not a privsep message body: {body!r}")
 
 
