@@ -116,6 +116,11 @@ FULL = Timing(warmup_s=1.0, window_s=0.5, windows=6, iperf_s=5, ring_rounds=2, g
 QUICK = Timing(warmup_s=0.5, window_s=0.4, windows=3, iperf_s=3, ring_rounds=1, guest_rounds=1,
                tap_msix=False)
 
+# Parts 1 and 2: where the backend's data path runs.  The guest's testpmd
+# busy-polls on CPU 0 (its forwarding lcore); OVS's PMD thread and net_vhost's
+# forwarding lcore are pinned to CPU 1, so vionet is pinned there too (like for
+# like; --no-pin leaves it to the scheduler).  Part 3 pins nothing.
+BACKEND_CPUS = {1}
 # vionet creates its tap and socket within a second; a loaded machine gets margin.
 VIONET_START_TIMEOUT = 30.0
 STATS_TIMEOUT = 10.0
@@ -272,7 +277,8 @@ def loadavg() -> list[float]:
 class VionetProc:
     """vmdnet-vionet listening on a socket, owning a tap in our namespace; stopped by PID."""
 
-    def __init__(self, ns: guestlib.GuestNetns, workdir: Path, tap: str, *extra: str) -> None:
+    def __init__(self, ns: guestlib.GuestNetns, workdir: Path, tap: str, *extra: str,
+                 cpus: set[int] | None = None) -> None:
         self.tap = tap
         self.sock = workdir / f"{tap}.sock"
         self.stats_path = workdir / f"{tap}-stats.json"
@@ -286,6 +292,9 @@ class VionetProc:
                                  stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             self._wait_socket()
+            if cpus:  # queue threads start at connect time and inherit it
+                for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+                    os.sched_setaffinity(int(tid), cpus)
             ns.run(["ip", "link", "set", tap, "up"])
         except BaseException:
             self.close()
@@ -704,10 +713,10 @@ def unavailable(backend: str, reason: str) -> list[Result]:
             for d in ("guest TX", "guest RX") for c in CASES]
 
 
-def part1_vionet(ns: guestlib.GuestNetns, timing: Timing, work: Path,
-                 log_dir: Path) -> list[Result]:
+def part1_vionet(ns: guestlib.GuestNetns, timing: Timing, work: Path, log_dir: Path,
+                 cpus: set[int] | None) -> list[Result]:
     try:
-        v = VionetProc(ns, work, VIONET_TAP)
+        v = VionetProc(ns, work, VIONET_TAP, cpus=cpus)
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         return unavailable("vionet", f"vionet did not start: {short_error(e)}")
     try:
@@ -818,10 +827,10 @@ def best_of(rounds: list[Result]) -> Result:
 
 
 def ring_vionet(ns: guestlib.GuestNetns, timing: Timing, work: Path, log_dir: Path,
-                round_no: int) -> Result:
+                round_no: int, cpus: set[int] | None) -> Result:
     name = "vionet --discard"
     try:
-        v = VionetProc(ns, work, DISCARD_TAP, "--discard")
+        v = VionetProc(ns, work, DISCARD_TAP, "--discard", cpus=cpus)
         try:
             r = ring_rate(Backend(name, v.sock, False, DISCARD_TAP), timing, log_dir, round_no,
                           {"vionet": v.proc.pid})
@@ -848,11 +857,12 @@ def ring_net_vhost(work: Path, timing: Timing, log_dir: Path, round_no: int) -> 
         return Result(2, "64 B", "guest TX", name, error=short_error(e))
 
 
-def part2(ns: guestlib.GuestNetns, timing: Timing, work: Path, log_dir: Path) -> list[Result]:
+def part2(ns: guestlib.GuestNetns, timing: Timing, work: Path, log_dir: Path,
+          cpus: set[int] | None) -> list[Result]:
     """Alternate the two backends `timing.ring_rounds` times; keep each one's best."""
     ours, peer = [], []
     for n in range(timing.ring_rounds):
-        ours.append(ring_vionet(ns, timing, work, log_dir, n))
+        ours.append(ring_vionet(ns, timing, work, log_dir, n, cpus))
         peer.append(ring_net_vhost(work, timing, log_dir, n))
     return [best_of(ours), best_of(peer)]
 
@@ -1138,9 +1148,11 @@ NOTES = [
 # --- the run --------------------------------------------------------------------------------------
 
 def run(timing: Timing, quick: bool, parts: set[int], backends: set[str], out: Path,
-        keep: Path | None) -> int:
+        keep: Path | None, pin: bool) -> int:
     reason = dpdklib.dpdk_available()
     env = environment(timing, quick)
+    cpus = BACKEND_CPUS if pin and BACKEND_CPUS <= os.sched_getaffinity(0) else None
+    env["vionet_cpus"] = sorted(cpus) if cpus else "any"
     env["loadavg_before"] = loadavg()
     results: list[Result] = []
     loads: dict[str, list[float]] = {}
@@ -1158,8 +1170,8 @@ def run(timing: Timing, quick: bool, parts: set[int], backends: set[str], out: P
         for knob in ("all", "default"):  # no IPv6 chatter (DAD, RS, MLD) on the taps
             ns.run(["sysctl", "-qw", f"net.ipv6.conf.{knob}.disable_ipv6=1"])
         steps: list[tuple[int, str, Callable[[], list[Result]]]] = [
-            (2, "ring", lambda: part2(ns, timing, work, log_dir)),
-            (1, "vionet", lambda: part1_vionet(ns, timing, work, log_dir)),
+            (2, "ring", lambda: part2(ns, timing, work, log_dir, cpus)),
+            (1, "vionet", lambda: part1_vionet(ns, timing, work, log_dir, cpus)),
             (1, "ovs", lambda: part1_ovs(ns, timing, work, log_dir)),
             (3, "guest", lambda: part3(ns, timing, work)),
         ]
@@ -1330,6 +1342,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 1,3")
     ap.add_argument("--backends", default="vionet,ovs",
                     help="part 1 backends to run (vionet, ovs)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="parts 1-2: leave vionet's threads to the scheduler (default: CPU 1, "
+                         "where the DPDK backends poll)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="JSON output file")
     ap.add_argument("--keep", type=Path, help="keep logs and work files in this directory")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -1343,7 +1358,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     parts = {int(p) for p in args.parts.split(",") if p}
     backends = set(args.backends.split(","))
-    return run(QUICK if args.quick else FULL, args.quick, parts, backends, args.out, args.keep)
+    return run(QUICK if args.quick else FULL, args.quick, parts, backends, args.out, args.keep,
+               not args.no_pin)
 
 
 if __name__ == "__main__":
