@@ -140,6 +140,7 @@ struct vn_work {
 	 * these are delivered (no read, no coalescer call before). */
 	struct vn_rsc_out rsc_pending[VN_RSC_PUSH_MAX_OUT];
 	uint32_t rsc_first, rsc_npending;
+	uint32_t rsc_hdr_sz;                    /* header size they will be given */
 };
 
 /**
@@ -1044,15 +1045,19 @@ static uint32_t rx_fill_rsc(struct vn_vring *vq, const struct vn_mem *mem, int t
 	size_t off = cfg->tap_has_vnet_hdr ? cfg->hdr_sz : 0;
 	uint32_t delivered, taken = 0;
 
+	w->rsc_hdr_sz = cfg->hdr_sz;
 	delivered = rx_rsc_drain(vq, mem, cfg, st, 1, starved);
 	while (taken < budget && !*starved && !vq->broken) {
 		struct vn_net_hdr in;
 		ssize_t n;
 		int k;
 
+		/* Read while the guest has posted anything: what does not fit
+		 * waits in rsc_pending (a ring smaller than a maximal packet
+		 * would otherwise never be read for). */
 		if (rx_peek(vq, mem, cfg, st, max_pkt) == WIN_BROKEN)
 			break;
-		if (win_usable(w, cfg) < max_pkt) {
+		if (w->nchains == 0) {
 			*starved = 1;
 			break;
 		}
@@ -1112,6 +1117,7 @@ int vn_rx_rsc_flush(struct vn_vring *vq, const struct vn_mem *mem, const struct 
 	vq->work->nchains = vq->work->niov = 0;
 	vq->work->cap = 0;
 	used_before = vq->last_used_idx;
+	vq->work->rsc_hdr_sz = cfg->hdr_sz;
 	n = rx_rsc_drain(vq, mem, cfg, st, expired_only, &starved);
 	finish_batch(vq, st, used_before);
 	if (vq->broken) {
@@ -1257,9 +1263,19 @@ int vn_rx_discard(struct vn_vring *vq, int tap_fd, struct vn_stats *st, uint32_t
  * vn_rx_parked_len() - length of the RX packet waiting for guest buffers
  * @vq: the RX queue
  *
+ * A coalescer output the guest's buffers could not take yet counts as parked.
+ *
  * Return: its length with header, 0 when none is parked
  */
 uint32_t vn_rx_parked_len(const struct vn_vring *vq)
 {
-	return vq && vq->work ? vq->work->parked_len : 0;
+	const struct vn_work *w = vq ? vq->work : NULL;
+
+	if (!w)
+		return 0;
+	if (w->parked_len)
+		return w->parked_len;
+	if (w->rsc_first < w->rsc_npending)
+		return w->rsc_hdr_sz + w->rsc_pending[w->rsc_first].len;
+	return 0;
 }
