@@ -5,11 +5,13 @@ enough vhost-user (GET_FEATURES) to see that a vionet serves it. The daemon is
 started without -d, so it detaches as in production; its PID comes from
 SO_PEERCRED on a control connection and it is stopped by that PID.
 
-Checked: the detached daemon answers; a VMM connection gets a sandboxed vionet
-that answers vhost-user; a second connection replaces it; a killed vionet is
-replaced on the next connection; reload with a changed switch restarts the VM on
-it; stop removes the tap and the socket; SIGTERM
-removes the bridge it created and the control socket. Namespace vn-daemon-ext-<pid>.
+Checked: the detached daemon answers; the interface's sandboxed vionet runs
+before any VMM connects and answers vhost-user on the connection the parent
+hands it; a second connection (the VMM reconnecting) is served by the same
+vionet PID, which ends the first; a killed vionet is replaced and the next
+connection is served; reload with a changed switch restarts the VM on it;
+stop removes the tap and the socket; SIGTERM removes the bridge it created and
+the control socket. Namespace vn-daemon-ext-<pid>.
 """
 
 from __future__ import annotations
@@ -170,30 +172,38 @@ def get_features(s: socket.socket) -> int:
 def test_external_vmm_lifecycle(setup: ExternalSetup) -> None:
     vm = setup.status()
     assert vm["state"] == STATE_NO_VMM and vm["pid"] is None
-    assert vm["interfaces"][0]["vionet_pid"] is None       # no VMM connected yet
+    pid1 = setup.vionet_pid()              # one vionet per interface, before any VMM
     first = vmm_connect(setup.sock)
-    pid1 = setup.vionet_pid()
     assert get_features(first) & VIRTIO_F_VERSION_1
     status = Path(f"/proc/{pid1}/status").read_text()
     user = sandbox.lookup_user(sandbox.DEFAULT_USER)
     assert user is not None and f"Uid:\t{user.uid}\t" in status and "Seccomp:\t2" in status
+    # It got no fd at exec but its privsep channel: the tap came as a message.
+    argv = Path(f"/proc/{pid1}/cmdline").read_bytes().split(b"\0")
+    assert b"--tap-fd" not in argv and b"--fd" not in argv and b"--privsep-fd" in argv
 
-    # A new connection (the VMM restarted): the old vionet makes way.
+    # A new connection (the VMM restarted or reconnected): the same vionet serves it
+    # and ends the old one.
     second = vmm_connect(setup.sock)
-    pid2 = setup.vionet_pid(not_pid=pid1)
     assert get_features(second) & VIRTIO_F_VERSION_1
-    assert first.recv(64) == b""                            # its vionet is gone
+    assert first.recv(64) == b""                            # ended by the vionet
     first.close()
+    assert setup.vionet_pid() == pid1
+    ifaces = ask(setup.ctl, Request("show-interfaces"))
+    stats = ifaces[0]["stats"]
+    assert ifaces[0]["vionet_starts"] == 1
+    assert (stats["connections"], stats["disconnects"]) == (2, 1)
 
-    # A killed vionet: its connection drops; the next one gets a new vionet.
-    os.kill(pid2, signal.SIGKILL)
+    # A killed vionet: its connection drops; a new vionet serves the next one.
+    os.kill(pid1, signal.SIGKILL)
     assert second.recv(64) == b""
     second.close()
+    pid3 = setup.vionet_pid(not_pid=pid1)
     third = vmm_connect(setup.sock)
-    pid3 = setup.vionet_pid(not_pid=pid2)
     assert get_features(third) & VIRTIO_F_VERSION_1
+    assert setup.vionet_pid() == pid3
     ifaces = ask(setup.ctl, Request("show-interfaces"))
-    assert ifaces[0]["vionet_starts"] == 3 and ifaces[0]["stats"]["connections"] == 1
+    assert ifaces[0]["vionet_starts"] == 2 and ifaces[0]["stats"]["connections"] == 1
 
     # The control socket fails closed and one silent client does not stall the others.
     with socket.socket(socket.AF_UNIX) as silent, socket.socket(socket.AF_UNIX) as big:

@@ -150,10 +150,10 @@ def test_fd_frames_round_trip_whole_and_byte_by_byte() -> None:
     fds = pipe_fds(len(FD_BODIES))
     whole = Decoder(Peer.VIONET, Peer.PARENT).receive(b"".join(frames_), fds)
     assert [(m.body, m.fd, m.seq) for m in whole] == \
-        [(b, fd, i + 1) for i, (b, fd) in enumerate(zip(FD_BODIES, fds))]
+        [(b, fd, i + 1) for i, (b, fd) in enumerate(zip(FD_BODIES, fds, strict=True))]
     dec = Decoder(Peer.VIONET, Peer.PARENT)
     one_by_one = []
-    for frame, fd in zip(frames_, fds):
+    for frame, fd in zip(frames_, fds, strict=True):
         for i in range(len(frame)):
             one_by_one += dec.receive(frame[i:i + 1], [fd] if i == 0 else [])
     assert one_by_one == whole and dec.idle

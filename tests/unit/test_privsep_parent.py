@@ -4,14 +4,20 @@ playing a hostile child on a real SEQPACKET channel.
 
 Checked: the parent issues TUNSETOFFLOAD for requests within the interface's
 configured offloads (ethtool is the oracle) and refuses the rest with EPERM
-without touching the tap; a spawned vionet sandboxes itself, answers
-STATS_REQUEST with its counters, and exits when the parent's channel closes.
+without touching the tap; a spawned vionet gets its tap over the channel,
+sandboxes itself, serves each connection the parent sends (a new one
+replaces the old: the old VMM sees its connection end, the PID stays),
+answers STATS_REQUEST with its counters, and exits when the parent's channel
+closes; a vionet sent a tap that is not the one named, or a connection fd
+that is not a socket, exits (fail closed).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +29,15 @@ from vmdnet.daemon import netlink
 from vmdnet.daemon.vionet import VionetProc, VionetSpec, offload_ceiling, spawn
 from vmdnet.privsep import sandbox
 from vmdnet.privsep.channel import Channel, socketpair
-from vmdnet.privsep.codec import PARENT_ID, Peer, Result, TapSetOffload, TapSetVnetHdrSz
+from vmdnet.privsep.child import EXIT_PARENT_GONE
+from vmdnet.privsep.codec import (
+    PARENT_ID,
+    Peer,
+    Result,
+    TapSetOffload,
+    TapSetVnetHdrSz,
+    VhostUserFd,
+)
 from vmdnet.tun import caps as tcaps
 
 pytestmark = pytest.mark.root
@@ -33,6 +47,7 @@ TAP = "vnpp0"
 CHILD_START_S = 60.0
 CHILD_EXIT_S = 30.0
 POLL_S = 0.1
+VIRTIO_F_VERSION_1 = 1 << 32
 
 
 @pytest.fixture
@@ -57,8 +72,8 @@ def ethtool_k(ns: NetNS) -> str:
                           capture_output=True, text=True, check=True, timeout=30).stdout
 
 
-def spec(tap_fd: int, offloads: frozenset[str], tmp_path) -> VionetSpec:
-    return VionetSpec(iface_id=7, tap_fd=tap_fd, offloads=offloads,
+def spec(tap_fd: int, offloads: frozenset[str], tmp_path, tap_name: str = TAP) -> VionetSpec:
+    return VionetSpec(iface_id=7, tap_fd=tap_fd, tap_name=tap_name, offloads=offloads,
                       mac=bytes.fromhex("fee1bad00001"), sandbox=sandbox.ensure_user(),
                       chroot=sandbox.ensure_empty_dir(), log_path=str(tmp_path / "vionet.log"))
 
@@ -101,25 +116,58 @@ def test_parent_checks_tap_requests(ns_tap, tmp_path) -> None:
         parent_end.close()
 
 
+def wait_sandboxed(v: VionetProc, tmp_path) -> str:
+    deadline = time.monotonic() + CHILD_START_S
+    while True:
+        status = open(f"/proc/{v.pid}/status").read()
+        if "Seccomp:\t2" in status:
+            return status
+        assert v.proc.poll() is None, (tmp_path / "vionet.log").read_text()
+        assert time.monotonic() < deadline, "vionet never entered its sandbox"
+        time.sleep(POLL_S)
+
+
+def get_features(vmm_end: socket.socket) -> int:
+    """VHOST_USER_GET_FEATURES (1), version 1: the vionet answers on this connection."""
+    vmm_end.settimeout(CHILD_START_S)
+    vmm_end.sendall(struct.pack("=III", 1, 1, 0))
+    reply = b""
+    while len(reply) < 20:
+        chunk = vmm_end.recv(64)
+        assert chunk, "vionet closed the connection"
+        reply += chunk
+    return struct.unpack_from("=Q", reply, 12)[0]
+
+
 def test_spawned_vionet_sandboxes_and_reports(ns_tap, tmp_path) -> None:
     _, tap_fd = ns_tap
-    vmm_end, conn = socket.socketpair()
-    v = spawn(spec(tap_fd, frozenset({"csum"}), tmp_path), conn)
-    conn.close()
+    v = spawn(spec(tap_fd, frozenset({"csum"}), tmp_path))
+    first, conn = socket.socketpair()
+    second, conn2 = socket.socketpair()
     try:
-        deadline = time.monotonic() + CHILD_START_S
-        while True:
-            status = open(f"/proc/{v.pid}/status").read()
-            if "Seccomp:\t2" in status:
-                break
-            assert v.proc.poll() is None, (tmp_path / "vionet.log").read_text()
-            assert time.monotonic() < deadline, "vionet never entered its sandbox"
-            time.sleep(POLL_S)
+        status = wait_sandboxed(v, tmp_path)
+        # Only the channel (and stdio) at exec: the tap came as a message.  (Read
+        # once it runs: right after exec the kernel may not have set up argv yet.)
+        argv = open(f"/proc/{v.pid}/cmdline", "rb").read().split(b"\0")
+        assert b"--privsep-fd" in argv and b"--tap-fd" not in argv and b"--fd" not in argv
         assert "NoNewPrivs:\t1" in status
+        fds = [os.readlink(f"/proc/{v.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{v.pid}/fd")]
+        assert fds.count("/dev/net/tun") == 1, fds
+        # A connection after the sandbox is in place: recvmsg with SCM_RIGHTS is allowed.
+        v.send_connection(conn)
+        conn.close()
+        assert get_features(first) & VIRTIO_F_VERSION_1
+        # The VMM reconnects: the same vionet serves the new connection, ends the old.
+        v.send_connection(conn2)
+        conn2.close()
+        assert get_features(second) & VIRTIO_F_VERSION_1
+        first.settimeout(CHILD_START_S)
+        assert first.recv(64) == b""
         stats = v.query_stats(timeout=CHILD_START_S)
         assert stats is not None
         assert stats["tap"]["offloads_allowed"] == ["csum"]
-        assert stats["connections"] == 1
+        assert stats["connections"] == 2 and stats["disconnects"] == 1
+        assert v.proc.poll() is None
         # The parent goes away: the child notices and exits on its own.
         v.channel.close()
         v.proc.wait(CHILD_EXIT_S)
@@ -128,8 +176,37 @@ def test_spawned_vionet_sandboxes_and_reports(ns_tap, tmp_path) -> None:
         if v.proc.poll() is None:
             v.proc.kill()
             v.proc.wait()
-        vmm_end.close()
+        for s in (first, second, conn, conn2):
+            s.close()
         v.channel.close()  # idempotent
+
+
+def test_vionet_refuses_a_tap_that_is_not_the_one_named(ns_tap, tmp_path) -> None:
+    """The message names another tap than the fd is: the vionet exits before its sandbox."""
+    _, tap_fd = ns_tap
+    v = spawn(spec(tap_fd, frozenset(), tmp_path, tap_name="vnother0"))
+    try:
+        v.proc.wait(CHILD_EXIT_S)
+        assert v.proc.returncode == EXIT_PARENT_GONE
+        assert "the fd is tap vnpp0" in (tmp_path / "vionet.log").read_text()
+    finally:
+        v.stop()
+
+
+def test_vionet_refuses_a_connection_that_is_not_a_socket(ns_tap, tmp_path) -> None:
+    _, tap_fd = ns_tap
+    v = spawn(spec(tap_fd, frozenset(), tmp_path))
+    r, w = os.pipe()
+    try:
+        wait_sandboxed(v, tmp_path)
+        v.channel.send(VhostUserFd(), fd=r)
+        v.proc.wait(CHILD_EXIT_S)
+        assert v.proc.returncode == EXIT_PARENT_GONE
+        assert "is not a socket" in (tmp_path / "vionet.log").read_text()
+    finally:
+        v.stop()
+        os.close(r)
+        os.close(w)
 
 
 def test_parent_kills_a_child_that_breaks_the_protocol(tmp_path) -> None:

@@ -6,15 +6,18 @@ listening sockets. It never reads guest data.
 
 Theory of operation
 -------------------
-Per interface the parent creates the tap and listens on the interface's
-vhost-user socket (chowned to the VM's owner). The VMM (QEMU, launched here
-as the VM's owner, or any VMM for `vhost-user socket PATH`) connects; the
-parent accepts and spawns a vionet with the tap fd, the connection and a
-privsep channel. When a vionet dies, its connection drops, QEMU reconnects
-(every vmm.RECONNECT_S), and the parent spawns a new vionet for the new
-connection, waiting out a backoff if vionets keep dying young.
-A new connection while a vionet runs means the VMM restarted: the old
-vionet is stopped first.
+Per interface the parent creates the tap, listens on the interface's
+vhost-user socket (chowned to the VM's owner) and spawns one vionet with a
+privsep channel, over which it sends the tap fd (VIONET_TAP, SCM_RIGHTS).
+The VMM (QEMU, launched here as the VM's owner, or any VMM for `vhost-user
+socket PATH`) connects; the parent accepts and sends the connection to the
+interface's vionet (VHOST_USER_FD), then closes its own copy.  A VMM that
+reconnects (it restarted, or QEMU's reconnect after a drop) is one more
+connection for the same vionet, which ends the old one and serves the new.
+When a vionet dies its connection drops; the parent starts a new vionet
+after a backoff that grows while vionets keep dying young, QEMU reconnects
+(every vmm.RECONNECT_S) and the new vionet gets that connection.  A
+connection accepted while no vionet runs waits (the newest one only).
 
 reload parses the file first; a broken file is refused with its file:line
 messages and nothing running changes. Otherwise VMs that changed are
@@ -303,6 +306,7 @@ class Parent:
         lsock.listen(1)
         lsock.setblocking(False)
         self.sel.register(lsock, selectors.EVENT_READ, ("vhost", ifs))
+        self._maybe_spawn(ifs)
 
     def stop_vm(self, name: str) -> None:
         """Stop the VMM, the vionets, close listeners and taps. Idempotent."""
@@ -338,7 +342,8 @@ class Parent:
 
     # --- vionet children ---------------------------------------------------------------
     def _spec(self, ifs: IfaceState) -> VionetSpec:
-        return VionetSpec(iface_id=ifs.id, tap_fd=ifs.tap.fd, offloads=ifs.conf.offloads,
+        return VionetSpec(iface_id=ifs.id, tap_fd=ifs.tap.fd, tap_name=ifs.tap.name,
+                          vnet_hdr_sz=ifs.tap.vnet_hdr_sz, offloads=ifs.conf.offloads,
                           mac=ifs.mac, sandbox=self.ids, chroot=self.opts.chroot,
                           log_path=os.path.join(self.vms[ifs.vm_name].paths.dir,
                                                 f"vionet{ifs.conf.index}.log"),
@@ -352,30 +357,41 @@ class Parent:
             conn, _ = ifs.listener.accept()
         except BlockingIOError:
             return
-        if ifs.vionet is not None:
-            log.info("interface %s: new VMM connection; replacing vionet %d",
-                     ifs.ifname, ifs.vionet.pid)
-            self._stop_vionet(ifs)
         if ifs.pending is not None:
             ifs.pending.close()
         ifs.pending = conn
-        self._maybe_spawn(ifs)
+        self._hand_over(ifs)
 
-    def _maybe_spawn(self, ifs: IfaceState) -> None:
-        if ifs.pending is None or time.monotonic() < ifs.restart_at:
+    def _hand_over(self, ifs: IfaceState) -> None:
+        """Send the waiting VMM connection to the interface's vionet, if one runs."""
+        v = ifs.vionet
+        if ifs.pending is None or v is None:
             return
         conn, ifs.pending = ifs.pending, None
         try:
-            ifs.vionet = spawn(self._spec(ifs), conn)
+            v.send_connection(conn)
+            log.info("interface %s: VMM connection handed to vionet %d", ifs.ifname, v.pid)
+        except OSError as exc:
+            # The vionet is going away; the VMM sees the drop and reconnects.
+            log.warning("interface %s: vionet %d takes no connection: %s", ifs.ifname,
+                        v.pid, exc)
+        finally:
+            conn.close()
+
+    def _maybe_spawn(self, ifs: IfaceState) -> None:
+        if (ifs.vionet is not None or ifs.tap is None or ifs.listener is None
+                or time.monotonic() < ifs.restart_at):
+            return
+        try:
+            ifs.vionet = spawn(self._spec(ifs))
         except (OSError, InvalidValue) as exc:
             log.error("interface %s: cannot start vionet: %s", ifs.ifname, exc)
             ifs.failures += 1
             ifs.restart_at = time.monotonic() + backoff(ifs.failures)
             return
-        finally:
-            conn.close()
         ifs.starts += 1
         self.sel.register(ifs.vionet.channel, selectors.EVENT_READ, ("vionet", ifs))
+        self._hand_over(ifs)
 
     def _stop_vionet(self, ifs: IfaceState) -> None:
         v = ifs.vionet
@@ -419,9 +435,8 @@ class Parent:
         lived = time.monotonic() - v.started
         ifs.failures = ifs.failures + 1 if lived < BACKOFF_RESET_S else 1
         ifs.restart_at = time.monotonic() + backoff(ifs.failures)
-        log.warning("vionet %d for %s exited with %s after %.1f s; next start in %.1f s "
-                    "(when the VMM reconnects)", v.pid, ifs.ifname, v.proc.returncode, lived,
-                    backoff(ifs.failures))
+        log.warning("vionet %d for %s exited with %s after %.1f s; next start in %.1f s",
+                    v.pid, ifs.ifname, v.proc.returncode, lived, backoff(ifs.failures))
 
     def _reap(self) -> None:
         for st in self.vms.values():

@@ -1,11 +1,15 @@
 """The parent's side of one vionet child: spawn it, answer its tap requests, ask for counters.
 
-A vionet is exec'd (python -m vmdnet.vionet.main) as root with exactly three
-extra fds: the tap, the accepted vhost-user connection and its end of a
-SOCK_SEQPACKET privsep channel. It enters its sandbox before it reads a
-byte from the guest; from then on the only privileged thing it can get done
-is what it asks for here, and here every request is checked against what
-the interface's configuration allows.
+A vionet is exec'd (python -m vmdnet.vionet.main) as root with one fd besides
+stdio: its end of a SOCK_SEQPACKET privsep channel.  The parent then sends,
+with SCM_RIGHTS over that channel, the tap (VIONET_TAP: its name and vnet
+header size, once, first) and each VMM connection it accepts on the
+interface's socket (VHOST_USER_FD, any time; the vionet replaces its current
+connection with it), as vmd hands its vionet the tap and then the VM.  The
+vionet receives the tap, enters its sandbox and only then reads a byte from
+the guest; from then on the only privileged thing it can get done is what it
+asks for here, and here every request is checked against what the
+interface's configuration allows.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from typing import Any
 from vmdnet.config.validate import (
     InvalidValue,
     format_lladdr,
+    valid_ifname,
     valid_lladdr,
     valid_local_prefix,
     valid_rsc_interval,
 )
+from vmdnet.daemon.netlink import TAP_VNET_HDR_SZ
 from vmdnet.daemon.procs import stop_process
 from vmdnet.privsep.channel import Channel, socketpair
 from vmdnet.privsep.codec import (
@@ -43,6 +49,8 @@ from vmdnet.privsep.codec import (
     StatsRequest,
     TapSetOffload,
     TapSetVnetHdrSz,
+    VhostUserFd,
+    VionetTap,
 )
 from vmdnet.privsep.sandbox import Ids
 from vmdnet.tun import caps as tcaps
@@ -89,6 +97,9 @@ class VionetSpec:
     # A local interface: the host end of its /31 (router); the guest gets the other end.
     local_addr: ipaddress.IPv4Interface | None = None
     rsc_interval_us: int | None = None
+    # The tap as VIONET_TAP names it: its interface name and virtio_net_hdr size.
+    tap_name: str = ""
+    vnet_hdr_sz: int = TAP_VNET_HDR_SZ
 
 
 @dataclass
@@ -166,6 +177,12 @@ class VionetProc:
                 return body.counters
         return None
 
+    def send_connection(self, conn: socket.socket) -> None:
+        """Hand CONN (an accepted vhost-user connection) to the vionet; OSError if the
+        channel is gone.  The caller closes its copy: the VMM then sees the
+        connection drop when the vionet ends it or dies."""
+        self.channel.send(VhostUserFd(), fd=conn.fileno())
+
     def set_verbose(self, verbose: bool) -> None:
         try:
             self.channel.send(LogVerbose(verbose))
@@ -201,16 +218,16 @@ def config_args(spec: VionetSpec) -> list[str]:
     return argv
 
 
-def spawn(spec: VionetSpec, conn: socket.socket) -> VionetProc:
-    """Fork and exec a vionet serving CONN (an accepted vhost-user connection).
+def spawn(spec: VionetSpec) -> VionetProc:
+    """Fork and exec a vionet for SPEC's interface and send it its tap.
 
-    The caller closes its copy of CONN afterwards, so that the VMM sees the
-    connection drop when the child dies.
+    It serves no VMM until send_connection() gives it one.  OSError (nothing
+    left running) if the child cannot be started or given its tap.
     """
     extra = config_args(spec)         # validated before anything is created
+    tap = VionetTap(valid_ifname(spec.tap_name), spec.vnet_hdr_sz)
     ours, theirs = socketpair()
     argv = [sys.executable, "-m", "vmdnet.vionet.main",
-            "--tap-fd", str(spec.tap_fd), "--fd", str(conn.fileno()),
             "--privsep-fd", str(theirs.fileno()), "--privsep-id", str(spec.iface_id),
             "--sandbox", f"{spec.sandbox.uid}:{spec.sandbox.gid}:{spec.chroot}",
             "--offloads", ",".join(sorted(spec.offloads)) or "none",
@@ -219,7 +236,7 @@ def spawn(spec: VionetSpec, conn: socket.socket) -> VionetProc:
         argv.append("-v")
     try:
         with open(spec.log_path, "ab") as logf:
-            proc = subprocess.Popen(argv, pass_fds=(spec.tap_fd, conn.fileno(), theirs.fileno()),
+            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),),
                                     stdin=subprocess.DEVNULL, stdout=logf,
                                     stderr=subprocess.STDOUT, start_new_session=True)
     except BaseException:
@@ -227,5 +244,12 @@ def spawn(spec: VionetSpec, conn: socket.socket) -> VionetProc:
         raise
     finally:
         theirs.close()
-    log.info("vionet %d started for interface %d", proc.pid, spec.iface_id)
-    return VionetProc(spec, proc, Channel(ours, Peer.PARENT, Peer.VIONET, PARENT_ID))
+    v = VionetProc(spec, proc, Channel(ours, Peer.PARENT, Peer.VIONET, PARENT_ID))
+    try:
+        v.channel.send(tap, fd=spec.tap_fd)
+    except (OSError, PrivsepError) as exc:
+        v.stop()
+        raise OSError(f"vionet {proc.pid}: cannot send the tap: {exc}") from exc
+    log.info("vionet %d started for interface %d (tap %s)", proc.pid, spec.iface_id,
+             spec.tap_name)
+    return v

@@ -19,7 +19,7 @@ from vmdnet.config.limits import MiB
 from vmdnet.daemon.procs import stop_process
 
 # QEMU retries a lost vhost-user connection this often (seconds); the parent
-# starts a new vionet when the connection arrives.
+# hands the new connection to the interface's vionet (restarted if it died).
 RECONNECT_S = 1
 # SIGTERM lets QEMU exit; past this grace it is killed.
 STOP_GRACE_S = 10.0

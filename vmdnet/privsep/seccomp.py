@@ -52,7 +52,8 @@ ALLOWED_SYSCALLS: dict[str, str] = {
     "write": "tap frames out, eventfd calls, log lines to stderr",
     "readv": "tap reads into several buffers",
     "writev": "tap writes straight from guest memory (the C data path)",
-    "recvmsg": "vhost-user messages with fds (SCM_RIGHTS), privsep frames",
+    "recvmsg": "vhost-user messages with fds (SCM_RIGHTS); privsep frames, among them "
+               "VMM connections (SCM_RIGHTS) the parent hands over after the sandbox",
     "sendmsg": "vhost-user replies, privsep frames",
     "recvfrom": "socket.recv on the vhost-user and privsep sockets",
     "sendto": "socket.send on the vhost-user and privsep sockets",

@@ -53,6 +53,10 @@ from vmdnet.virtio import features as vf
 
 log = logging.getLogger(__name__)
 
+# The virtio_net_hdr size a tap is opened with when nobody says otherwise
+# (vmdnet.tun.linux.open_tap's default, what VERSION_1 guests use).
+DEFAULT_TAP_HDR_SZ = 12
+
 
 def _notify_fd(fd: int | None) -> int:
     """A kick or call fd from the VMM, checked and made non-blocking; -1 for none.
@@ -96,7 +100,8 @@ class Vionet:
     def __init__(self, tap_fd: int, tap_ctl: TapControl, tap_caps: tcaps.TapCaps, *,
                  discard: bool = False, queue_pairs: int = 1,
                  rsc_interval_us: int | None = None, lladdr: bytes | None = None,
-                 locked: bool = False, dhcp: DhcpConfig | None = None) -> None:
+                 locked: bool = False, dhcp: DhcpConfig | None = None,
+                 vnet_hdr_sz: int = DEFAULT_TAP_HDR_SZ) -> None:
         self.tap_fd = tap_fd
         # Locked lladdr: checked per frame in C (TxConfig/RxConfig).
         self.lladdr = lladdr
@@ -118,7 +123,8 @@ class Vionet:
         self.rx_stats = Stats()
         self.tx_stats = Stats()
         self.acked = 0
-        self.hdr_sz = 12
+        # The tap's virtio_net_hdr size now; changed with the guest's (see _features).
+        self.hdr_sz = vnet_hdr_sz
         self.tap_offload = 0
         self.counters = {"connections": 0, "disconnects": 0, "protocol_errors": 0,
                          "ring_resets": 0, "feature_changes": 0, "ram_pages_lost": 0}

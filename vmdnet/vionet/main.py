@@ -7,7 +7,10 @@ and serves the VMM on a unix socket:
     qemu-system-x86_64 ... -chardev socket,id=c0,path=/run/vn0.sock \\
         -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0
 
-Under vmdnetd the parent passes the tap fd (--tap-fd) and the socket.
+Under vmdnetd (privilege separation) vionet is exec'd with its privsep
+channel only (--privsep-fd): the parent sends the tap fd first, then every
+VMM connection it accepts, each by SCM_RIGHTS (see privsep_tap() and
+Control.offer_connection() below).
 Counters are printed on SIGUSR1 and at exit; --stats-json also writes them.
 """
 
@@ -18,6 +21,7 @@ import errno
 import json
 import logging
 import os
+import queue
 import selectors
 import signal
 import socket
@@ -29,13 +33,14 @@ from tabulate import tabulate
 
 from vmdnet.config import limits
 from vmdnet.config.validate import InvalidValue, valid_lladdr
-from vmdnet.privsep.child import ParentLink
+from vmdnet.privsep.child import EXIT_PARENT_GONE, ParentLink
+from vmdnet.privsep.codec import NO_VNET_HDR, PrivsepError, VionetTap
 from vmdnet.privsep.sandbox import Ids, enter_sandbox
 from vmdnet.tun import caps as tcaps
 from vmdnet.vhost_user import socket as vsock
 from vmdnet.vhost_user.capabilities import print_capabilities
 from vmdnet.vhost_user.protocol import VhostUserError
-from vmdnet.vionet.device import Vionet
+from vmdnet.vionet.device import DEFAULT_TAP_HDR_SZ, Vionet
 from vmdnet.vionet.dhcp import DhcpConfig
 from vmdnet.vionet.worker import set_nonblocking
 
@@ -67,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="connect to a VMM listening at --socket (default: listen)")
     p.add_argument("--fd", type=int, help="an already connected vhost-user socket fd")
     p.add_argument("--tap", help="tap interface to create or attach to")
-    p.add_argument("--tap-fd", type=int, help="an open tap fd (passed by vmdnetd)")
+    p.add_argument("--tap-fd", type=int, help="an open tap fd (inherited at exec)")
     p.add_argument("--no-vnet-hdr", action="store_true",
                    help="open the tap without IFF_VNET_HDR: all offloads done in C")
     p.add_argument("--offloads", default="all",
@@ -92,16 +97,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-v", "--verbose", action="count", default=0)
     # Under vmdnetd (privilege separation): see privsep_setup() below.
     p.add_argument("--privsep-fd", type=int,
-                   help="SOCK_SEQPACKET channel to vmdnetd: tap ioctls go through it")
+                   help="SOCK_SEQPACKET channel to vmdnetd: the tap and VMM connections "
+                        "arrive over it, tap ioctls go through it")
     p.add_argument("--privsep-id", type=int, default=0, help="our id on that channel")
     p.add_argument("--sandbox", metavar="UID:GID:DIR",
                    help="before serving the guest: chroot DIR, become UID:GID, seccomp")
     args = p.parse_args(argv)
     if args.print_capabilities:
         return args
-    if not (args.socket or args.fd is not None):
+    # Under vmdnetd the tap and the connections come over the privsep channel.
+    if not (args.socket or args.fd is not None or args.privsep_fd is not None):
         p.error("--socket or --fd is required")
-    if not (args.tap or args.tap_fd is not None):
+    if not (args.tap or args.tap_fd is not None or args.privsep_fd is not None):
         p.error("--tap or --tap-fd is required")
     try:
         args.offload_set = tcaps.parse_offloads(args.offloads)
@@ -175,6 +182,13 @@ class Control:
         self.sig_r, self.sig_w = socket.socketpair()
         self.sig_r.setblocking(False)
         self.sig_w.setblocking(False)
+        # Under vmdnetd: connections from the privsep reader thread, and a socketpair
+        # whose one byte wakes this loop for them (made now: socketpair() is not in
+        # the sandbox's allowlist).
+        self.offered: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.offer_r, self.offer_w = socket.socketpair()
+        self.offer_r.setblocking(False)
+        self.offer_w.setblocking(False)
 
     def report(self) -> None:
         stats = self.dev.stats()
@@ -233,6 +247,38 @@ class Control:
         log.info("VMM disconnected; waiting for it to come back")
         if self.args.connect and self.running:
             self._connect()
+
+    def offer_connection(self, fd: int) -> None:
+        """A VMM connection from the parent (called on the privsep reader thread)."""
+        self.offered.put(fd)
+        try:
+            self.offer_w.send(b"c")
+        except BlockingIOError:
+            pass                    # a wake-up is pending already: it takes this one too
+
+    def _on_offered(self) -> None:
+        """Serve the newest offered connection, replacing the current one.
+
+        The VMM restarted or reconnected: the old connection is ended as on its
+        own disconnect (queues stopped, guest memory unmapped, its fds closed)
+        before the new one is read.  Connections overtaken by a newer one in the
+        same wake-up are closed unread.
+        """
+        try:
+            self.offer_r.recv(4096)
+        except BlockingIOError:
+            pass
+        fds = []
+        while not self.offered.empty():
+            fds.append(self.offered.get_nowait())
+        if not fds:
+            return
+        for stale in fds[:-1]:
+            os.close(stale)
+        if self.conn is not None:
+            log.info("a new VMM connection from the parent replaces the current one")
+            self._detach()
+        self._attach(vsock.from_fd(fds[-1]))
 
     def _connect(self) -> None:
         """Try the VMM's socket once; while nobody listens, retry from the loop.
@@ -293,10 +339,12 @@ class Control:
             self._attach(vsock.from_fd(self.args.fd))
         elif self.args.connect:
             self._connect()
-        else:
+        elif self.args.socket:
             self.listener = vsock.listen(self.args.socket)
             self._watch_listener(True)
             log.info("listening on %s", self.args.socket)
+        if self.args.privsep_fd is not None:
+            self.sel.register(self.offer_r, selectors.EVENT_READ, "offered")
         while self.running:
             if self.retry_at is not None and time.monotonic() >= self.retry_at:
                 self._connect()
@@ -307,6 +355,8 @@ class Control:
                     self._attach(self.listener.accept())
                 elif key.data == "conn" and self.conn:
                     self._on_conn()
+                elif key.data == "offered":
+                    self._on_offered()
             if self.dev.reap() and self.conn:
                 self._detach()
         return 0
@@ -318,18 +368,61 @@ class Control:
             self.conn = None
         if self.listener:
             self.listener.close()
+        while not self.offered.empty():
+            os.close(self.offered.get_nowait())
         self.dev.close()
 
 
 # --- under vmdnetd (privilege separation) -------------------------------------------------
-# The parent passes --tap-fd, --fd (the accepted vhost-user connection),
-# --privsep-fd and --sandbox; vionet then never needs a path or a privilege.
+# The parent execs vionet with --privsep-fd (and stdio) only, and --sandbox.  The
+# channel brings the tap (VIONET_TAP) first, then each accepted VMM connection
+# (VHOST_USER_FD); vionet never needs a path or a privilege.  (--tap-fd and --fd
+# with --privsep-fd still work: fds inherited at exec, as before.)
+#
+# The tap is received before the sandbox, on purpose: the device is built around
+# it (queues, offload plan); TUNGETIFF and TUNGETVNETHDRSZ check it against the
+# message while those ioctls are still allowed (the seccomp allowlist stays
+# without any tun ioctl); and the fds the sandbox keeps are known when it closes
+# the rest.  Connections come any time later: receiving an fd is a recvmsg, which
+# the allowlist has, and nothing else a connection needs is a new system call.
+
+
+def privsep_tap(link: ParentLink) -> tuple[int, int]:
+    """Receive the tap from the parent and check it is the tap the message names.
+
+    Returns (fd, vnet_hdr_sz); raises PrivsepError (fd closed) otherwise.
+    """
+    from vmdnet.tun import linux  # queries only: this process never opens a device
+    fd, tap = link.receive_tap()
+    try:
+        _check_tap(linux, fd, tap)
+    except (PrivsepError, OSError):
+        os.close(fd)
+        raise
+    log.info("tap %s from the parent (vnet header %d bytes)", tap.name, tap.vnet_hdr_sz)
+    return fd, tap.vnet_hdr_sz
+
+
+def _check_tap(linux: Any, fd: int, tap: VionetTap) -> None:
+    name, iff = linux.get_iff(fd)
+    if name != tap.name:
+        raise PrivsepError(f"VIONET_TAP: the fd is tap {name}, the message says {tap.name}")
+    if not iff & linux.Iff.TAP or not iff & linux.Iff.NO_PI:
+        raise PrivsepError(f"VIONET_TAP: {name} is not an IFF_TAP|IFF_NO_PI tap ({iff!r})")
+    has_hdr = bool(iff & linux.Iff.VNET_HDR)
+    if has_hdr != (tap.vnet_hdr_sz != NO_VNET_HDR):
+        raise PrivsepError(f"VIONET_TAP: {name} IFF_VNET_HDR is {has_hdr}, the message "
+                           f"says vnet_hdr_sz {tap.vnet_hdr_sz}")
+    if has_hdr and linux.get_vnet_hdr_sz(fd) != tap.vnet_hdr_sz:
+        raise PrivsepError(f"VIONET_TAP: {name} has a {linux.get_vnet_hdr_sz(fd)}-byte vnet "
+                           f"header, the message says {tap.vnet_hdr_sz}")
 
 
 def privsep_sandbox(args: argparse.Namespace, ctl: Control, tap_fd: int) -> None:
     """Enter the sandbox before the first guest byte is read; keep only our fds."""
     uid, gid, root = args.sandbox.split(":", 2)
-    keep = {0, 1, 2, tap_fd, ctl.sel.fileno(), ctl.sig_r.fileno(), ctl.sig_w.fileno()}
+    keep = {0, 1, 2, tap_fd, ctl.sel.fileno(), ctl.sig_r.fileno(), ctl.sig_w.fileno(),
+            ctl.offer_r.fileno(), ctl.offer_w.fileno()}
     keep |= {fd for fd in (args.fd, args.privsep_fd) if fd is not None}
     keep |= ctl.dev.keep_fds()
     enter_sandbox(Ids(int(uid), int(gid)), root, keep)
@@ -342,20 +435,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="vionet[%(process)d] %(levelname)s %(message)s")
-    tap_fd = open_tap(args)
-    set_nonblocking(tap_fd)
-    caps = tcaps.TapCaps(vnet_hdr=not args.no_vnet_hdr, offloads=args.offload_set)
     link = None
     if args.privsep_fd is not None:
         link = ParentLink(args.privsep_fd, args.privsep_id, lambda: dev.stats())
+    vnet_hdr, hdr_sz = not args.no_vnet_hdr, DEFAULT_TAP_HDR_SZ
+    if link is not None and args.tap is None and args.tap_fd is None:
+        try:
+            tap_fd, size = privsep_tap(link)
+        except (PrivsepError, OSError) as exc:
+            log.error("privsep: %s; exiting", exc)
+            return EXIT_PARENT_GONE
+        vnet_hdr, hdr_sz = size != NO_VNET_HDR, size or DEFAULT_TAP_HDR_SZ
+    else:
+        tap_fd = open_tap(args)
+    set_nonblocking(tap_fd)
+    caps = tcaps.TapCaps(vnet_hdr=vnet_hdr, offloads=args.offload_set)
     dev = Vionet(tap_fd, link or LocalTap(tap_fd), caps, discard=args.discard,
                  rsc_interval_us=args.rsc, lladdr=args.lladdr, locked=args.locked,
-                 dhcp=args.dhcp_config)
+                 dhcp=args.dhcp_config, vnet_hdr_sz=hdr_sz)
     ctl = Control(args, dev)
-    if link is not None:
-        link.start()
     if args.sandbox:
         privsep_sandbox(args, ctl, tap_fd)
+    if link is not None:
+        # After the sandbox: it closes every fd it was not told to keep, and a
+        # connection the reader thread received meanwhile would be one of them.
+        link.on_vhost_user_fd = ctl.offer_connection
+        link.start()
     try:
         return ctl.run()
     finally:
