@@ -4,11 +4,13 @@ The daemon runs in the namespace vn-daemon-<pid> (guests 198.18.2.2 and .3/24 on
 the switch vnbr0), creates the bridge and taps, launches both VMMs and one
 sandboxed vionet per interface. Checked: vmdnetctl status shows both VMs and
 their vionets; the guests ping each other (commands go over each VM's console
-socket, the protocol of tests/guest/init); every vionet runs with uid != 0,
+socket, the protocol of tests/guest/init) and move 8 MiB of TCP each way with
+the payload's SHA-256 checked on both ends; every vionet runs with uid != 0,
 NoNewPrivs 1, Seccomp 2 in the empty chroot; show interfaces aggregates the
 vionets' counters; a non-root user may read but not reload; a killed vionet is
-restarted and traffic resumes; reload with a broken file is refused with
-file:line and nothing running changes; stop and start of a VM.
+restarted (QEMU reconnects and the new vionet serves it) and traffic resumes;
+reload with a broken file is refused with file:line and nothing running
+changes; stop and start of a VM.
 
 Everything this module starts is stopped by PID (the daemon stops its children on
 SIGTERM; any child still alive afterwards is killed by the PID status reported),
@@ -61,6 +63,16 @@ POLL_S = 0.2
 CTL_TIMEOUT_S = 120
 # Console answers: re-send the command this often until the guest's channel is up.
 RESEND_S = 5.0
+# TCP between the guests: a bounded payload, its SHA-256 compared on both ends.
+TCP_BYTES = 8 * 1024 * 1024
+# 8 MiB take a second or two under TCG; a loaded machine gets a generous bound.
+TRANSFER_S = 120
+# The receiving nc's stdin is held open this long: busybox nc half-closes the
+# connection when its stdin ends, and the sender then stops early.
+NC_HOLD_S = TRANSFER_S
+# Connection attempts while the receiver's nc is not listening yet, a second apart.
+CONNECT_TRIES = 10
+SHA256_RE = re.compile(r"\b[0-9a-f]{64}\b")
 
 
 def skip_reason() -> str | None:
@@ -277,6 +289,29 @@ def ping(d: Daemon, vm: str, addr: str) -> str:
     return out
 
 
+def tcp_transfer(d: Daemon, src: str, dst: str, dst_addr: str, port: int) -> str:
+    """TCP_BYTES of random data from guest SRC to guest DST with busybox nc; the
+    SHA-256 the receiver computes must be the sender's. Returns it."""
+    rc, out = d.console(dst).run(
+        f"rm -f /tmp/rx.part /tmp/rx.sum; (sleep {NC_HOLD_S} | nc -l -p {port} | "
+        f"(sha256sum > /tmp/rx.part && mv /tmp/rx.part /tmp/rx.sum)) "
+        f"</dev/null >/dev/null 2>&1 & echo listening")
+    assert rc == 0 and "listening" in out, out
+    rc, out = d.console(src).run(
+        f"head -c {TCP_BYTES} /dev/urandom > /tmp/tx && sha256sum < /tmp/tx && ok=0 && "
+        f"for i in $(seq {CONNECT_TRIES}); do "
+        f"if nc {dst_addr} {port} < /tmp/tx; then ok=1; break; fi; sleep 1; done; "
+        f"rm -f /tmp/tx; [ $ok = 1 ]", timeout=TRANSFER_S)
+    sent = SHA256_RE.findall(out)
+    assert rc == 0 and len(sent) == 1, out
+    rc, out = d.console(dst).run(
+        f"i=0; while [ ! -e /tmp/rx.sum ] && [ $i -lt {TRANSFER_S} ]; do sleep 1; "
+        f"i=$((i+1)); done; cat /tmp/rx.sum", timeout=TRANSFER_S + COMMAND_S)
+    got = SHA256_RE.findall(out)
+    assert rc == 0 and got == sent, f"sent {sent}, {dst} received: {out}"
+    return sent[0]
+
+
 def test_status_shows_both_vms(daemon: Daemon) -> None:
     vms = daemon.status()
     assert set(vms) == {"alpha", "beta"}
@@ -301,6 +336,18 @@ def test_guests_ping_each_other(daemon: Daemon) -> None:
     for vm, mac in (("alpha", "fe:e1:ba:d0:00:01"), ("beta", "fe:e1:ba:d0:00:02")):
         text = (daemon.rundir / vm / "console.log").read_text(errors="replace")
         assert f"vn: eth0 up: {mac}" in text and "0% packet loss" in text
+
+
+def test_guests_move_tcp_data(daemon: Daemon) -> None:
+    """alpha (csum, tso to its tap) and beta (no offload): both directions, each
+    payload's hash checked end to end (a corrupted or lost byte changes it)."""
+    a_to_b = tcp_transfer(daemon, "alpha", "beta", GUEST_B, 5001)
+    b_to_a = tcp_transfer(daemon, "beta", "alpha", GUEST_A, 5002)
+    assert a_to_b != b_to_a      # two different random payloads
+    ifaces = {i["tap"]: i for i in daemon.ctl_json("show", "interfaces")}
+    for tap in TAPS[:2]:
+        st = ifaces[tap]["stats"]
+        assert st["tx"]["bytes"] > TCP_BYTES and st["rx"]["bytes"] > TCP_BYTES, st
 
 
 def test_switch_and_local_interface_on_the_host(daemon: Daemon, ns: GuestNetns) -> None:
@@ -404,12 +451,17 @@ def test_non_root_may_read_but_not_change(daemon: Daemon) -> None:
 
 def test_killed_vionet_is_restarted(daemon: Daemon) -> None:
     before = daemon.wait_vionets()
+    starts = {i["tap"]: i["vionet_starts"] for i in daemon.ctl_json("show", "interfaces")}
     os.kill(before["alpha"], signal.SIGKILL)
     after = daemon.wait_vionets(not_pids={before["alpha"]})
     assert after["beta"] == before["beta"]
+    # QEMU reconnects; the parent hands the new connection to the new vionet.
     ping(daemon, "alpha", GUEST_B)
-    ifaces = {i["tap"]: i for i in daemon.ctl_json("show", "interfaces", "alpha")}
-    assert ifaces[TAPS[0]]["vionet_starts"] >= 2
+    tcp_transfer(daemon, "beta", "alpha", GUEST_A, 5003)
+    ifaces = {i["tap"]: i for i in daemon.ctl_json("show", "interfaces")}
+    assert ifaces[TAPS[0]]["vionet_starts"] == starts[TAPS[0]] + 1
+    assert ifaces[TAPS[0]]["stats"]["connections"] == 1
+    assert ifaces[TAPS[1]]["vionet_starts"] == starts[TAPS[1]]   # beta's untouched
 
 
 def test_reload_with_a_broken_config_is_refused(daemon: Daemon, image: GuestImage) -> None:
