@@ -772,8 +772,7 @@ def part1_ovs(ns: guestlib.GuestNetns, timing: Timing, work: Path,
     reason = dc.ovs_dpdk_available()
     if reason:
         return unavailable("OVS-DPDK", reason)
-    ovs_work = work / "ovs"
-    ovs_work.mkdir()
+    ovs_work = Path(tempfile.mkdtemp(prefix="ovs-", dir=work))  # one per start (rounds)
     with contextlib.ExitStack() as stack:
         try:
             huge = dc.Hugepages(ovs_work / "huge")
