@@ -11,6 +11,7 @@ import pytest
 
 from vmdnet.privsep import codec as C
 from vmdnet.privsep.channel import Channel, socketpair
+from vmdnet.privsep.child import ParentLink, check_connection_fd
 from vmdnet.privsep.codec import Decoder, Peer, PrivsepError
 
 TO_PARENT = [C.TapSetOffload(0x1F), C.TapSetVnetHdrSz(12),
@@ -280,3 +281,83 @@ def test_channel_closes_unclaimed_fds() -> None:
         os.close(w)
         parent.close()
         b.close()
+
+
+# --- the vionet's end: ParentLink.receive_tap and the fds it accepts ----------------------
+
+
+def link_pair() -> tuple[Channel, ParentLink]:
+    a, b = socketpair()
+    parent = Channel(a, Peer.PARENT, Peer.VIONET, C.PARENT_ID)
+    link = ParentLink(b.detach(), 7, dict)
+    return parent, link
+
+
+def test_receive_tap_takes_a_character_device() -> None:
+    parent, link = link_pair()
+    dev = os.open("/dev/null", os.O_RDONLY)     # a character device, like /dev/net/tun
+    try:
+        parent.send(C.VionetTap("vn0", 12), fd=dev)
+        fd, tap = link.receive_tap(timeout=5)
+        assert tap == C.VionetTap("vn0", 12) and fd != dev
+        assert os.path.samestat(os.fstat(fd), os.fstat(dev))
+        os.close(fd)
+    finally:
+        os.close(dev)
+        parent.close()
+        link.channel.close()
+
+
+@pytest.mark.parametrize("first", ["stats_request", "pipe_as_tap", "hang_up"])
+def test_receive_tap_refuses_anything_else(first: str) -> None:
+    parent, link = link_pair()
+    r, w = os.pipe()
+    try:
+        if first == "stats_request":
+            parent.send(C.StatsRequest())
+        elif first == "pipe_as_tap":
+            parent.send(C.VionetTap("vn0", 12), fd=r)
+        else:
+            parent.close()
+        with pytest.raises(PrivsepError, match="VIONET_TAP|not a character device|closed"):
+            link.receive_tap(timeout=5)
+        if first == "pipe_as_tap":        # the received copy was closed: no reader left
+            os.close(r)
+            r = -1
+            with pytest.raises(BrokenPipeError):
+                os.write(w, b"x")
+    finally:
+        for fd in (r, w):
+            if fd >= 0:
+                os.close(fd)
+        parent.close()
+        link.channel.close()
+
+
+def test_receive_tap_times_out() -> None:
+    parent, link = link_pair()
+    try:
+        with pytest.raises(PrivsepError, match="within"):
+            link.receive_tap(timeout=0.01)
+    finally:
+        parent.close()
+        link.channel.close()
+
+
+def test_connection_fd_must_be_a_unix_stream_socket() -> None:
+    s1, s2 = socket.socketpair()
+    d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r, w = os.pipe()
+    try:
+        check_connection_fd(s1.fileno())
+        s1.sendall(b"x")                         # still open: the check does not own it
+        assert s2.recv(1) == b"x"
+        with pytest.raises(PrivsepError, match="not an AF_UNIX stream socket"):
+            check_connection_fd(d1.fileno())
+        with pytest.raises(PrivsepError, match="not a socket"):
+            check_connection_fd(r)
+    finally:
+        for s in (s1, s2, d1, d2):
+            s.close()
+        os.close(r)
+        os.close(w)

@@ -37,6 +37,7 @@ from vmdnet.privsep.codec import (
     TapSetOffload,
     TapSetVnetHdrSz,
     VhostUserFd,
+    VionetTap,
 )
 from vmdnet.tun import caps as tcaps
 
@@ -189,6 +190,20 @@ def test_vionet_refuses_a_tap_that_is_not_the_one_named(ns_tap, tmp_path) -> Non
         v.proc.wait(CHILD_EXIT_S)
         assert v.proc.returncode == EXIT_PARENT_GONE
         assert "the fd is tap vnpp0" in (tmp_path / "vionet.log").read_text()
+    finally:
+        v.stop()
+
+
+def test_vionet_refuses_a_second_tap(ns_tap, tmp_path) -> None:
+    """The tap is given once, before the sandbox; another one later is a protocol error."""
+    _, tap_fd = ns_tap
+    v = spawn(spec(tap_fd, frozenset(), tmp_path))
+    try:
+        wait_sandboxed(v, tmp_path)
+        v.channel.send(VionetTap(TAP, 12), fd=tap_fd)
+        v.proc.wait(CHILD_EXIT_S)
+        assert v.proc.returncode == EXIT_PARENT_GONE
+        assert "a second VIONET_TAP" in (tmp_path / "vionet.log").read_text()
     finally:
         v.stop()
 
