@@ -1,5 +1,5 @@
 /*
- * vn_vring.c - split virtqueues in guest memory: setup, chain walking, used ring, notifications.
+ * vn_vring.c - virtqueues in guest memory: setup, chain walking, used ring, notifications.
  *
  * Theory of operation
  *
@@ -41,6 +41,10 @@
  *
  * Zero-length descriptors are legal and skipped.  Buffers may span two
  * adjacent regions (one iovec each); indirect tables and the rings may not.
+ *
+ * Packed rings (VIRTIO_F_RING_PACKED) live in vn_vpacked.c: every public
+ * function here checks vq->packed once on entry and hands a packed queue
+ * over, so the data path calls one API for both ring types.
  */
 #include <endian.h>
 #include <errno.h>
@@ -49,6 +53,7 @@
 #include <unistd.h>
 
 #include "vn_vring.h"
+#include "vn_vpacked.h"
 
 #define DESC_SIZE 16
 /* Spec alignment of the three areas (2.7, "Virtqueue Part / Alignment"). */
@@ -89,6 +94,7 @@ void vn_vring_free(struct vn_vring *vq)
 	if (!vq)
 		return;
 	vn_work_free(vq->work);
+	vn_pk_free(vq->pk);
 	free(vq);
 }
 
@@ -113,6 +119,8 @@ int vn_vring_translate(struct vn_vring *vq, const struct vn_mem *mem)
 	uint64_t num = vq->num;
 	void *desc, *avail, *used;
 
+	if (vq->packed)
+		return vn_pk_translate(vq, mem);
 	vq->ready = 0;
 	if (num == 0)
 		return -EINVAL;
@@ -151,39 +159,52 @@ static uint16_t *avail_event(struct vn_vring *vq)
  * @desc_uaddr: descriptor table, in the VMM's address space
  * @avail_uaddr: available ring, likewise
  * @used_uaddr: used ring, likewise
- * @base: the first avail index to consume (SET_VRING_BASE)
- * @features: negotiated feature bits (INDIRECT_DESC, EVENT_IDX are used)
+ * @base: the first avail index to consume (SET_VRING_BASE); packed: its
+ *        slot with the avail wrap counter in bit 15
+ * @features: negotiated feature bits (INDIRECT_DESC, EVENT_IDX, RING_PACKED
+ *            are used)
  *
- * Our used index starts from the guest's used->idx (where a previous
- * backend left it).  Kicks start enabled; RX state (a parked packet) is
- * forgotten.
+ * Split: our used index starts from the guest's used->idx (where a previous
+ * backend left it).  Packed: the used position starts at @base.  Kicks
+ * start enabled; RX state (a parked packet) is forgotten.  A packed ring's
+ * size need not be a power of two (2.8.10.1).
  *
- * Return: 0, or -EINVAL (bad num, misaligned) or -EFAULT (outside memory)
+ * Return: 0, or -EINVAL (bad num or base, misaligned), -EFAULT (outside
+ * memory) or -ENOMEM
  */
 int vn_vring_setup(struct vn_vring *vq, const struct vn_mem *mem, uint32_t num,
 		   uint64_t desc_uaddr, uint64_t avail_uaddr, uint64_t used_uaddr,
 		   uint16_t base, uint64_t features)
 {
+	uint32_t packed = (features >> VN_F_RING_PACKED) & 1;
 	int rc;
 
 	vq->ready = 0;
-	if (num == 0 || num > VN_VRING_MAX_NUM || (num & (num - 1)) != 0)
+	if (num == 0 || num > VN_VRING_MAX_NUM || (!packed && (num & (num - 1)) != 0))
 		return -EINVAL;
 	vq->num = num;
+	vq->packed = packed;
+	vq->desc = NULL;
+	vq->avail = NULL;
+	vq->used = NULL;
 	vq->desc_uaddr = desc_uaddr;
 	vq->avail_uaddr = avail_uaddr;
 	vq->used_uaddr = used_uaddr;
-	rc = vn_vring_translate(vq, mem);
+	rc = packed ? vn_pk_setup(vq, mem, base) : vn_vring_translate(vq, mem);
 	if (rc) {
+		vq->ready = 0;
 		vq->num = 0;
+		vq->packed = 0;
 		return rc;
 	}
 	vq->features = features;
 	vq->event_idx = (features >> VN_F_RING_EVENT_IDX) & 1;
 	vq->indirect = (features >> VN_F_RING_INDIRECT_DESC) & 1;
-	vq->last_avail_idx = base;
-	vq->avail_idx_shadow = base;
-	vq->last_used_idx = le16toh(__atomic_load_n(&vq->used->idx, __ATOMIC_RELAXED));
+	if (!packed) {
+		vq->last_avail_idx = base;
+		vq->avail_idx_shadow = base;
+		vq->last_used_idx = le16toh(__atomic_load_n(&vq->used->idx, __ATOMIC_RELAXED));
+	}
 	vq->signalled_valid = 0;
 	vq->broken = VN_RING_OK;
 	vn_work_reset(vq->work);
@@ -197,10 +218,13 @@ int vn_vring_setup(struct vn_vring *vq, const struct vn_mem *mem, uint32_t num,
  *
  * A packet parked for RX is dropped with the queue's state.
  *
- * Return: the next avail index it would have consumed
+ * Return: the next avail index it would have consumed (packed: the slot of
+ * the next chain with the avail wrap counter in bit 15)
  */
 uint16_t vn_vring_reset(struct vn_vring *vq)
 {
+	uint16_t base = vq->packed && vq->num ? vn_pk_base(vq) : vq->last_avail_idx;
+
 	vq->ready = 0;
 	vq->num = 0;
 	vq->desc = NULL;
@@ -208,8 +232,9 @@ uint16_t vn_vring_reset(struct vn_vring *vq)
 	vq->used = NULL;
 	vq->broken = VN_RING_OK;
 	vq->signalled_valid = 0;
+	vq->packed = 0;
 	vn_work_reset(vq->work);
-	return vq->last_avail_idx;
+	return base;
 }
 
 /**
@@ -238,6 +263,8 @@ int vn_vring_avail_count(struct vn_vring *vq)
 
 	if (!vq->ready || vq->broken)
 		return -1;
+	if (vq->packed)
+		return vn_pk_avail_count(vq);
 	idx = le16toh(__atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE));
 	n = (uint16_t)(idx - vq->last_avail_idx);
 	if (n > vq->num) {
@@ -258,9 +285,11 @@ int vn_vring_avail_count(struct vn_vring *vq)
  */
 int vn_vring_avail_head(struct vn_vring *vq, uint16_t idx, uint16_t *head)
 {
-	uint16_t h = le16toh(__atomic_load_n(&vq->avail->ring[idx & (vq->num - 1)],
-					     __ATOMIC_RELAXED));
+	uint16_t h;
 
+	if (vq->packed)
+		return vn_pk_avail_head(vq, idx, head);
+	h = le16toh(__atomic_load_n(&vq->avail->ring[idx & (vq->num - 1)], __ATOMIC_RELAXED));
 	if (h >= vq->num) {
 		vn_vring_break(vq, VN_RING_HEAD);
 		return -1;
@@ -280,10 +309,18 @@ static void desc_read(const void *table, uint32_t i, struct vn_vring_desc *d)
 	d->next = le16toh(d->next);
 }
 
-/* Account one data descriptor into the chain @c. */
-static void add_buffer(const struct vn_mem *mem, const struct vn_vring_desc *d,
-		       int want_write, struct iovec *iov, uint32_t max_iov,
-		       uint64_t max_len, struct vn_chain *c)
+/**
+ * vn_chain_add() - account one data descriptor into the chain @c
+ * @mem: the memory table
+ * @d: the descriptor (a checked copy)
+ * @want_write: 1 for device-writable buffers (RX), 0 for device-readable (TX)
+ * @iov: the chain's iovecs
+ * @max_iov: room in @iov
+ * @max_len: bytes beyond which the chain is faulted VN_WALK_TOO_LONG
+ * @c: the chain so far; a problem is recorded in c->fault (first one sticks)
+ */
+void vn_chain_add(const struct vn_mem *mem, const struct vn_vring_desc *d, int want_write,
+		  struct iovec *iov, uint32_t max_iov, uint64_t max_len, struct vn_chain *c)
 {
 	int n;
 
@@ -315,9 +352,17 @@ static int walk_fail(struct vn_vring *vq, int reason)
 	return -1;
 }
 
-/* Check an INDIRECT descriptor; return its table, or NULL with the queue broken. */
-static const void *indirect_table(struct vn_vring *vq, const struct vn_mem *mem,
-				  const struct vn_vring_desc *d, int in_indirect)
+/**
+ * vn_indirect_table() - check an INDIRECT descriptor and find its table
+ * @vq: the queue (INDIRECT_DESC negotiated?)
+ * @mem: the memory table
+ * @d: the descriptor (a checked copy)
+ * @in_indirect: it was found inside an indirect table
+ *
+ * Return: the table in host memory, or NULL with the queue broken
+ */
+const void *vn_indirect_table(struct vn_vring *vq, const struct vn_mem *mem,
+			      const struct vn_vring_desc *d, int in_indirect)
 {
 	const void *t = NULL;
 	int err = VN_RING_OK;
@@ -359,6 +404,8 @@ int vn_chain_walk(struct vn_vring *vq, const struct vn_mem *mem, uint16_t head,
 	uint32_t tsize = vq->num, seen = 0, idx = head;
 	int in_indirect = 0;
 
+	if (vq->packed)
+		return vn_pk_chain_walk(vq, mem, head, want_write, iov, max_iov, max_len, c);
 	memset(c, 0, sizeof(*c));
 	c->head = head;
 	if (head >= vq->num)
@@ -370,7 +417,7 @@ int vn_chain_walk(struct vn_vring *vq, const struct vn_mem *mem, uint16_t head,
 			return walk_fail(vq, VN_RING_LOOP);
 		desc_read(table, idx, &d);
 		if (d.flags & VN_VRING_DESC_F_INDIRECT) {
-			table = indirect_table(vq, mem, &d, in_indirect);
+			table = vn_indirect_table(vq, mem, &d, in_indirect);
 			if (!table)
 				return -1;
 			tsize = d.len / DESC_SIZE;
@@ -379,7 +426,7 @@ int vn_chain_walk(struct vn_vring *vq, const struct vn_mem *mem, uint16_t head,
 			in_indirect = 1;
 			continue;
 		}
-		add_buffer(mem, &d, want_write, iov, max_iov, max_len, c);
+		vn_chain_add(mem, &d, want_write, iov, max_iov, max_len, c);
 		if (!(d.flags & VN_VRING_DESC_F_NEXT))
 			return 0;
 		if (d.next >= tsize)
@@ -396,8 +443,13 @@ int vn_chain_walk(struct vn_vring *vq, const struct vn_mem *mem, uint16_t head,
  */
 void vn_vring_push(struct vn_vring *vq, uint16_t head, uint32_t len)
 {
-	struct vn_vring_used_elem *e = &vq->used->ring[vq->last_used_idx & (vq->num - 1)];
+	struct vn_vring_used_elem *e;
 
+	if (vq->packed) {
+		vn_pk_push(vq, head, len);
+		return;
+	}
+	e = &vq->used->ring[vq->last_used_idx & (vq->num - 1)];
 	e->id = htole32(head);
 	e->len = htole32(len);
 	vq->last_used_idx++;
@@ -412,40 +464,55 @@ void vn_vring_push(struct vn_vring *vq, uint16_t head, uint32_t len)
  */
 void vn_vring_publish(struct vn_vring *vq)
 {
+	if (vq->packed) {
+		vn_pk_publish(vq);
+		return;
+	}
 	__atomic_store_n(&vq->used->idx, htole16(vq->last_used_idx), __ATOMIC_RELEASE);
 	if (vq->event_idx && vq->kick_enabled)
 		__atomic_store_n(avail_event(vq), htole16(vq->last_avail_idx), __ATOMIC_RELAXED);
+}
+
+/* Split ring: does the guest want a notification for the used elements
+ * published since the last call?  Records this call's used index. */
+static int split_need_signal(struct vn_vring *vq)
+{
+	uint16_t new_idx = vq->last_used_idx, old = vq->signalled_used;
+	int valid = vq->signalled_valid;
+
+	vq->signalled_used = new_idx;
+	vq->signalled_valid = 1;
+	if (vq->event_idx) {
+		uint16_t ev = le16toh(__atomic_load_n(used_event(vq), __ATOMIC_RELAXED));
+
+		return !valid || (uint16_t)(new_idx - ev - 1) < (uint16_t)(new_idx - old);
+	} else {
+		uint16_t fl = le16toh(__atomic_load_n(&vq->avail->flags, __ATOMIC_RELAXED));
+
+		return !(fl & VN_VRING_AVAIL_F_NO_INTERRUPT);
+	}
 }
 
 /**
  * vn_vring_signal() - notify the guest of used elements, unless it opted out
  * @vq: a ready queue, after vn_vring_publish()
  *
- * With EVENT_IDX: notify when used->idx moved past used_event since the last
- * call; without: unless the guest set VRING_AVAIL_F_NO_INTERRUPT.
+ * Split ring with EVENT_IDX: notify when used->idx moved past used_event
+ * since the last call; without: unless the guest set
+ * VRING_AVAIL_F_NO_INTERRUPT.  Packed ring: per the driver event
+ * suppression structure (vn_pk_need_signal()).
  *
  * Return: 1 when the guest was notified (or would have been, with no
  * call_fd), 0 when it asked not to be
  */
 int vn_vring_signal(struct vn_vring *vq)
 {
-	uint16_t new_idx = vq->last_used_idx, old = vq->signalled_used;
-	int valid = vq->signalled_valid, need;
 	uint64_t one = 1;
+	int need;
 
-	/* Our used->idx store must be visible before we read the guest's wish. */
+	/* Our used index (flags) store must be visible before we read the guest's wish. */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	vq->signalled_used = new_idx;
-	vq->signalled_valid = 1;
-	if (vq->event_idx) {
-		uint16_t ev = le16toh(__atomic_load_n(used_event(vq), __ATOMIC_RELAXED));
-
-		need = !valid || (uint16_t)(new_idx - ev - 1) < (uint16_t)(new_idx - old);
-	} else {
-		uint16_t fl = le16toh(__atomic_load_n(&vq->avail->flags, __ATOMIC_RELAXED));
-
-		need = !(fl & VN_VRING_AVAIL_F_NO_INTERRUPT);
-	}
+	need = vq->packed ? vn_pk_need_signal(vq) : split_need_signal(vq);
 	if (!need)
 		return 0;
 	if (vq->call_fd >= 0) {
@@ -468,7 +535,9 @@ void vn_vring_notify_disable(struct vn_vring *vq)
 	vq->kick_enabled = 0;
 	if (!vq->ready)
 		return;
-	if (!vq->event_idx)
+	if (vq->packed)
+		vn_pk_notify_disable(vq);
+	else if (!vq->event_idx)
 		__atomic_store_n(&vq->used->flags, htole16(VN_VRING_USED_F_NO_NOTIFY),
 				 __ATOMIC_RELAXED);
 }
@@ -496,7 +565,9 @@ int vn_vring_notify_enable(struct vn_vring *vq)
 	vq->kick_enabled = 1;
 	if (!vq->ready || vq->broken)
 		return -1;
-	if (vq->event_idx)
+	if (vq->packed)
+		vn_pk_notify_request(vq);
+	else if (vq->event_idx)
 		__atomic_store_n(avail_event(vq), htole16(vq->avail_idx_shadow), __ATOMIC_RELAXED);
 	else
 		__atomic_store_n(&vq->used->flags, 0, __ATOMIC_RELAXED);

@@ -1,5 +1,6 @@
 /*
- * vn_vring.h - split virtqueues in guest memory: setup, chain walking, used ring, notifications.
+ * vn_vring.h - virtqueues in guest memory (split; packed in vn_vpacked.c): setup, chain
+ * walking, used ring, notifications.
  */
 #ifndef VN_VRING_H
 #define VN_VRING_H
@@ -23,6 +24,16 @@
 /* Transport feature bits the ring code looks at (virtio 1.3, 6). */
 #define VN_F_RING_INDIRECT_DESC 28
 #define VN_F_RING_EVENT_IDX 29
+#define VN_F_RING_PACKED 34
+
+/* Packed ring (virtio 1.3, 2.8): descriptor flags and the wrap bit of an index. */
+#define VN_VRING_PACKED_DESC_F_AVAIL 0x80
+#define VN_VRING_PACKED_DESC_F_USED 0x8000
+#define VN_VRING_PACKED_WRAP_BIT 15
+/* Event suppression flags (2.8.10). */
+#define VN_VRING_EVENT_F_ENABLE 0
+#define VN_VRING_EVENT_F_DISABLE 1
+#define VN_VRING_EVENT_F_DESC 2
 
 /*
  * Most descriptors one indirect table may hold.  The spec bounds a chain by
@@ -42,12 +53,13 @@
 /* Why a queue is broken: the ring itself is inconsistent, stop and reset. */
 enum vn_ring_err {
 	VN_RING_OK = 0,
-	VN_RING_AVAIL_IDX = 1,          /* avail->idx ran more than num ahead of us */
-	VN_RING_HEAD = 2,               /* a head index >= num */
+	VN_RING_AVAIL_IDX = 1,          /* avail->idx ran more than num ahead of us (packed:
+					 * more than num descriptors available) */
+	VN_RING_HEAD = 2,               /* a head index >= num (packed: a buffer id >= num) */
 	VN_RING_NEXT = 3,               /* a next index >= the table size */
 	VN_RING_LOOP = 4,               /* more descriptors than the table holds */
 	VN_RING_INDIRECT_FEATURE = 5,   /* INDIRECT without VIRTIO_RING_F_INDIRECT_DESC */
-	VN_RING_INDIRECT_NEXT = 6,      /* INDIRECT together with NEXT */
+	VN_RING_INDIRECT_NEXT = 6,      /* INDIRECT together with NEXT (packed: or in a chain) */
 	VN_RING_INDIRECT_LEN = 7,       /* table length 0, not a multiple of 16, or too long */
 	VN_RING_INDIRECT_NESTED = 8,    /* INDIRECT inside an indirect table */
 	VN_RING_INDIRECT_ADDR = 9,      /* table not inside one region of guest memory */
@@ -56,10 +68,17 @@ enum vn_ring_err {
 
 /* Per-queue scratch space (chain iovecs, bounce buffers); opaque to Python. */
 struct vn_work;
+/* Packed ring state (vn_vpacked.c); opaque to Python. */
+struct vn_packed;
 
 /*
- * One split virtqueue.  Allocate with vn_vring_new().  Fields other than
+ * One virtqueue.  Allocate with vn_vring_new().  Fields other than
  * kick_fd and call_fd are written by the C code only; Python reads them.
+ *
+ * For a packed ring (packed = 1) the index fields count descriptor chains,
+ * not ring slots: last_avail_idx chains consumed, avail_idx_shadow chains
+ * seen available, last_used_idx chains returned; desc, avail and used are
+ * NULL and the ring lives in pk (vn_vpacked.c).
  */
 struct vn_vring {
 	uint32_t num;                   /* Queue Size; 0 until set up */
@@ -83,6 +102,8 @@ struct vn_vring {
 	int call_fd;                    /* us -> guest (eventfd), -1 for none */
 	int broken;                     /* enum vn_ring_err; nonzero stops the queue */
 	struct vn_work *work;
+	uint32_t packed;                /* VIRTIO_F_RING_PACKED: a packed ring */
+	struct vn_packed *pk;           /* its state, allocated at its first setup */
 };
 
 struct vn_vring *vn_vring_new(void);
@@ -147,6 +168,12 @@ void vn_vring_push(struct vn_vring *vq, uint16_t head, uint32_t len);
 void vn_vring_publish(struct vn_vring *vq);
 int vn_vring_signal(struct vn_vring *vq);
 void vn_vring_break(struct vn_vring *vq, int reason);
+
+/* Shared with the packed ring code (vn_vpacked.c). */
+void vn_chain_add(const struct vn_mem *mem, const struct vn_vring_desc *d, int want_write,
+		  struct iovec *iov, uint32_t max_iov, uint64_t max_len, struct vn_chain *c);
+const void *vn_indirect_table(struct vn_vring *vq, const struct vn_mem *mem,
+			      const struct vn_vring_desc *d, int in_indirect);
 
 /* The per-queue work area, defined by the TX/RX paths (vn_netq.c). */
 struct vn_work *vn_work_alloc(void);

@@ -49,9 +49,10 @@ def _b(n: int) -> int:
 
 
 # Features that have nothing to do with the tap: ring layout and header format.
+# RING_PACKED: the C data path drives packed rings too (csrc/vn_vpacked.c).
 RING_FEATURES = (_b(vf.VIRTIO_F_VERSION_1) | _b(vf.VIRTIO_F_ANY_LAYOUT)
                  | _b(vf.VIRTIO_RING_F_INDIRECT_DESC) | _b(vf.VIRTIO_RING_F_EVENT_IDX)
-                 | _b(vf.VIRTIO_NET_F_MRG_RXBUF))
+                 | _b(vf.VIRTIO_F_RING_PACKED) | _b(vf.VIRTIO_NET_F_MRG_RXBUF))
 
 # Guest TX offloads: the C helper completes whatever the tap cannot take, so all
 # are offered whatever the tap is.

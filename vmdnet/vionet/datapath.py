@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 
 MAX_REGIONS = lib.VN_MEM_MAX_REGIONS
 MAX_QUEUE_SIZE = lib.VN_VRING_MAX_NUM
+F_RING_PACKED = 1 << lib.VN_F_RING_PACKED
+# A packed ring's vring base (vhost-user SET/GET_VRING_BASE): the avail position
+# (slot | wrap counter << 15) in the low 16 bits, the used position in the high 16
+# (QEMU's layout; a frontend that sends 16 bits has nothing above them).
+PACKED_POS_BITS = 16
+PACKED_POS_MASK = (1 << PACKED_POS_BITS) - 1
 # The virtio_net_hdr sizes: legacy, with num_buffers (VERSION_1/MRG_RXBUF), with hash report.
 HDR_SIZES = (10, 12, 20)
 # What RxPath.fill returns when the guest has no (or too few) buffers: wait for a kick.
@@ -206,7 +212,14 @@ class GuestMemory:
 
 
 class Vring:
-    """One split virtqueue (vhost-user SET_VRING_NUM/BASE/ADDR/KICK/CALL)."""
+    """One virtqueue, split or packed (vhost-user SET_VRING_NUM/BASE/ADDR/KICK/CALL).
+
+    The ring type follows VIRTIO_F_RING_PACKED in the features given to
+    `setup`.  For a packed ring, desc/avail/used are the descriptor ring and
+    the driver and device event suppression areas, `base` and what `reset`
+    returns carry the avail wrap counter in bit 15, and the index properties
+    count descriptor chains (see csrc/vn_vpacked.c).
+    """
 
     def __init__(self) -> None:
         vq = lib.vn_vring_new()
@@ -217,9 +230,18 @@ class Vring:
 
     def setup(self, mem: GuestMemory, num: int, desc: int, avail: int, used: int,
               base: int = 0, features: int = 0) -> None:
-        """Start the queue: addresses are the VMM's (uaddr), `base` from SET_VRING_BASE."""
-        if not 0 <= base <= 0xFFFF:
-            raise ValueError(f"vring base {base} is not a 16-bit index")
+        """Start the queue: addresses are the VMM's (uaddr), `base` from SET_VRING_BASE.
+
+        Packed rings: base is the avail position (slot | wrap counter << 15),
+        optionally with the used position in bits 16..31; the used position
+        starts at the avail one (what vionet reports at a stop: every chain it
+        consumed it returned).
+        """
+        packed = bool(features & F_RING_PACKED)
+        if not 0 <= base <= (0xFFFF_FFFF if packed else 0xFFFF):
+            raise ValueError(f"vring base {base} is not a {'packed' if packed else '16-bit'}"
+                             " ring position")
+        base &= PACKED_POS_MASK
         for name, v in (("desc", desc), ("avail", avail), ("used", used),
                         ("features", features)):
             if not 0 <= v < 1 << 64:
@@ -236,9 +258,15 @@ class Vring:
         self.mem_generation = mem.generation
 
     def reset(self) -> int:
-        """Stop the queue (GET_VRING_BASE); return the next avail index."""
+        """Stop the queue (GET_VRING_BASE); return the next avail index.
+
+        Packed: the next chain's slot | avail wrap counter << 15, repeated in
+        bits 16..31 as the used position (nothing is in flight after a stop).
+        """
         self.mem_generation = -1
-        return int(lib.vn_vring_reset(self.c))
+        packed = self.packed
+        base = int(lib.vn_vring_reset(self.c))
+        return base | base << PACKED_POS_BITS if packed else base
 
     @property
     def ready(self) -> bool:
@@ -247,6 +275,11 @@ class Vring:
     @property
     def num(self) -> int:
         return int(self.c.num)
+
+    @property
+    def packed(self) -> bool:
+        """A packed ring (VIRTIO_F_RING_PACKED), while set up."""
+        return bool(self.c.packed)
 
     @property
     def last_avail_idx(self) -> int:

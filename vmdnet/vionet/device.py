@@ -211,8 +211,6 @@ class Vionet:
 
     def _start_ring(self, ev: VringReady) -> None:
         cfg = ev.vring
-        if cfg.packed:
-            raise ValueError("packed rings are not offered")
         tx = cfg.index % 2 == 1
         vring = Vring()
         vring.setup(self.mem, cfg.num, cfg.desc_user_addr, cfg.avail_user_addr,
@@ -233,8 +231,8 @@ class Vionet:
         q = _Queue(vring, path)
         self.queues[cfg.index] = q
         self._resume(q)
-        log.info("vring %d (%s) started: %d entries, base %d", cfg.index,
-                 "tx" if tx else "rx", cfg.num, cfg.base)
+        log.info("vring %d (%s, %s) started: %d entries, base %#x", cfg.index,
+                 "tx" if tx else "rx", "packed" if cfg.packed else "split", cfg.num, cfg.base)
 
     def _count_setup_break(self, index: int, vring: Vring, path: TxPath | RxPath) -> None:
         """Count a ring broken by its setup (SET_VRING_BASE far from the guest's
