@@ -8,7 +8,8 @@ SO_PEERCRED on a control connection and it is stopped by that PID.
 Checked: the detached daemon answers; the interface's sandboxed vionet runs
 before any VMM connects and answers vhost-user on the connection the parent
 hands it; a second connection (the VMM reconnecting) is served by the same
-vionet PID, which ends the first; a killed vionet is replaced and the next
+vionet PID, which ends the first and unmaps its memory (a memfd sent with
+SET_MEM_TABLE leaves /proc/PID/maps and the fd table); a killed vionet is replaced and the next
 connection is served; reload with a changed switch restarts the VM on it;
 stop removes the tap and the socket; SIGTERM removes the bridge it created and
 the control socket. Namespace vn-daemon-ext-<pid>.
@@ -49,6 +50,10 @@ VHOST_USER_VERSION = 0x1
 VHOST_USER_REPLY = 0x4
 VHOST_HEADER = struct.Struct("=III")
 VIRTIO_F_VERSION_1 = 1 << 32
+# VHOST_USER_SET_MEM_TABLE: one region of "guest RAM" (a memfd) at a made-up VMM address.
+SET_MEM_TABLE = 5
+GUEST_RAM = 1 << 20
+GUEST_UADDR = 0x7F0000000000
 
 
 def skip_reason() -> str | None:
@@ -169,12 +174,29 @@ def get_features(s: socket.socket) -> int:
     return struct.unpack_from("=Q", data, VHOST_HEADER.size)[0]
 
 
+def set_mem_table(s: socket.socket, name: str) -> int:
+    """VHOST_USER_SET_MEM_TABLE with one region: a fresh memfd called NAME, which the
+    vionet maps (visible in /proc/PID/maps). Returns the memfd (the caller closes it)."""
+    fd = os.memfd_create(name)
+    os.ftruncate(fd, GUEST_RAM)
+    body = struct.pack("=II", 1, 0) + struct.pack("=QQQQ", 0, GUEST_RAM, GUEST_UADDR, 0)
+    s.sendmsg([VHOST_HEADER.pack(SET_MEM_TABLE, VHOST_USER_VERSION, len(body)) + body],
+              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("=i", fd))])
+    return fd
+
+
+def memfd_mapped(pid: int, name: str) -> bool:
+    return f"/memfd:{name}" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def test_external_vmm_lifecycle(setup: ExternalSetup) -> None:
     vm = setup.status()
     assert vm["state"] == STATE_NO_VMM and vm["pid"] is None
     pid1 = setup.vionet_pid()              # one vionet per interface, before any VMM
     first = vmm_connect(setup.sock)
-    assert get_features(first) & VIRTIO_F_VERSION_1
+    ram = set_mem_table(first, "vn-ext-first")
+    assert get_features(first) & VIRTIO_F_VERSION_1    # answered after SET_MEM_TABLE
+    assert memfd_mapped(pid1, "vn-ext-first")
     status = Path(f"/proc/{pid1}/status").read_text()
     user = sandbox.lookup_user(sandbox.DEFAULT_USER)
     assert user is not None and f"Uid:\t{user.uid}\t" in status and "Seccomp:\t2" in status
@@ -183,11 +205,15 @@ def test_external_vmm_lifecycle(setup: ExternalSetup) -> None:
     assert b"--tap-fd" not in argv and b"--fd" not in argv and b"--privsep-fd" in argv
 
     # A new connection (the VMM restarted or reconnected): the same vionet serves it
-    # and ends the old one.
+    # and ends the old one, unmapping the old VMM's memory and closing its fds.
     second = vmm_connect(setup.sock)
     assert get_features(second) & VIRTIO_F_VERSION_1
     assert first.recv(64) == b""                            # ended by the vionet
     first.close()
+    assert not memfd_mapped(pid1, "vn-ext-first")
+    held = [os.readlink(f"/proc/{pid1}/fd/{fd}") for fd in os.listdir(f"/proc/{pid1}/fd")]
+    assert not any("vn-ext-first" in t for t in held), held
+    os.close(ram)
     assert setup.vionet_pid() == pid1
     ifaces = ask(setup.ctl, Request("show-interfaces"))
     stats = ifaces[0]["stats"]
