@@ -123,6 +123,7 @@ struct vn_packed {
 	uint32_t used_slot;             /* where the next used descriptor goes */
 	uint32_t used_wrap;
 	uint32_t in_flight;             /* slots scanned, not yet returned */
+	uint32_t since_signal;          /* used slots written since the last signal, capped */
 	uint32_t held;                  /* a used descriptor's flags wait for publish */
 	uint32_t held_slot;
 	uint16_t held_flags;
@@ -208,6 +209,7 @@ int vn_pk_setup(struct vn_vring *vq, const struct vn_mem *mem, uint16_t base)
 	pk->scan_wrap = pk->used_wrap = (base & WRAP_MASK) != 0;
 	pk->in_flight = 0;
 	pk->held = 0;
+	pk->since_signal = 0;
 	vq->last_avail_idx = vq->avail_idx_shadow = vq->last_used_idx = 0;
 	return 0;
 }
@@ -460,6 +462,8 @@ void vn_pk_push(struct vn_vring *vq, uint16_t head, uint32_t len)
 	}
 	for (i = 0; i < ch->ndesc; i++)
 		slot_next(vq, &pk->used_slot, &pk->used_wrap);
+	if (pk->since_signal < 2 * vq->num)
+		pk->since_signal += ch->ndesc;
 	pk->in_flight = pk->in_flight >= ch->ndesc ? pk->in_flight - ch->ndesc : 0;
 	vq->last_used_idx++;
 }
@@ -500,21 +504,21 @@ static uint32_t linear_pos(const struct vn_vring *vq, uint32_t slot, uint32_t wr
  * vn_pk_need_signal() - does the guest want a used-buffer notification now?
  * @vq: a ready packed queue, after vn_pk_publish() and a full fence
  *
- * Updates the "last notified" position (vq->signalled_used).
+ * Starts counting the slots written anew (pk->since_signal).
  *
  * Return: 1 to notify, 0 when the guest asked not to be
  */
 int vn_pk_need_signal(struct vn_vring *vq)
 {
-	const struct vn_packed *pk = vq->pk;
+	struct vn_packed *pk = vq->pk;
 	uint32_t span = 2 * vq->num;
 	uint32_t now = linear_pos(vq, pk->used_slot, pk->used_wrap);
-	uint32_t old = vq->signalled_used, ev, written;
+	uint32_t written = pk->since_signal, ev;
 	uint16_t fl, off_wrap;
 	int valid = vq->signalled_valid;
 
-	vq->signalled_used = (uint16_t)now;
 	vq->signalled_valid = 1;
+	pk->since_signal = 0;
 	fl = le16toh(__atomic_load_n(&pk->driver_event->flags, __ATOMIC_RELAXED)) & 3;
 	if (fl == VN_VRING_EVENT_F_DISABLE)
 		return 0;
@@ -522,9 +526,9 @@ int vn_pk_need_signal(struct vn_vring *vq)
 		return 1;
 	off_wrap = le16toh(__atomic_load_n(&pk->driver_event->off_wrap, __ATOMIC_RELAXED));
 	ev = linear_pos(vq, (off_wrap & SLOT_MASK) % vq->num, (off_wrap & WRAP_MASK) != 0);
-	written = (now + span - old) % span;
-	/* Notify when the requested position is among those written since. */
-	return (now + span - ev - 1) % span < written;
+	/* Notify when the requested position is among those written since (all
+	 * of them, once a whole lap of both wrap counters was written). */
+	return written >= span || (now + span - ev - 1) % span < written;
 }
 
 /**
