@@ -11,6 +11,10 @@ offers.  vionet's log must show its rings started as packed ones, then:
 * RX: the same sizes written into tap B reach the guest byte for byte;
 * TSO (passthrough): super-frames the guest hands over as GSO packets arrive
   cut at MSS with valid checksums.
+* the split-ring regressions re-run on packed rings (passthrough): a guest
+  killed mid-traffic and the next one served (rings stopped and restarted,
+  GET_VRING_BASE with the wrap counter), an RX packet parked until a stalled
+  guest polls again, one larger than the guest's whole 16-slot ring dropped.
 
 Run for the vnet-header passthrough mode and for the software path
 (``--no-vnet-hdr``).  Skips only when dpdk-testpmd, root or /dev/net/tun is
@@ -97,3 +101,30 @@ def test_packed_tx_tso(bench: vd.Bench, vionet: vd.Vionet,  # noqa: F811
         pos += k
     assert r.stats["tso_passthrough"] == len(frames), r.stats
     assert not r.drops, r.drops
+
+
+# The split-ring regressions that stop, restart and starve rings, on packed rings:
+# GET_VRING_BASE / SET_VRING_BASE with wrap counters across a killed guest, and
+# RX packets parked for guest buffers (chain counts, kick requests).
+
+@pytest.mark.parametrize("vionet", ["passthrough"], indirect=True)
+def test_packed_reconnect_after_testpmd_is_killed(bench: vd.Bench,  # noqa: F811
+                                                  vionet: vd.Vionet,  # noqa: F811
+                                                  packed_guest: None) -> None:
+    vd.test_reconnect_after_testpmd_is_killed(bench, vionet)
+    assert_packed(vionet)
+
+
+@pytest.mark.parametrize("vionet", ["passthrough"], indirect=True)
+def test_packed_rx_packet_waiting_for_buffers(bench: vd.Bench, vionet: vd.Vionet,  # noqa: F811
+                                              packed_guest: None) -> None:
+    vd.test_rx_packet_waiting_for_buffers(bench, vionet)
+    assert_packed(vionet)
+
+
+@pytest.mark.parametrize("vionet", ["passthrough"], indirect=True)
+def test_packed_rx_packet_larger_than_the_whole_ring(bench: vd.Bench,  # noqa: F811
+                                                     vionet: vd.Vionet,  # noqa: F811
+                                                     packed_guest: None) -> None:
+    vd.test_rx_packet_larger_than_the_whole_ring(bench, vionet)
+    assert_packed(vionet)
