@@ -309,18 +309,10 @@ static void desc_read(const void *table, uint32_t i, struct vn_vring_desc *d)
 	d->next = le16toh(d->next);
 }
 
-/**
- * vn_chain_add() - account one data descriptor into the chain @c
- * @mem: the memory table
- * @d: the descriptor (a checked copy)
- * @want_write: 1 for device-writable buffers (RX), 0 for device-readable (TX)
- * @iov: the chain's iovecs
- * @max_iov: room in @iov
- * @max_len: bytes beyond which the chain is faulted VN_WALK_TOO_LONG
- * @c: the chain so far; a problem is recorded in c->fault (first one sticks)
- */
-void vn_chain_add(const struct vn_mem *mem, const struct vn_vring_desc *d, int want_write,
-		  struct iovec *iov, uint32_t max_iov, uint64_t max_len, struct vn_chain *c)
+/* Account one data descriptor into the chain @c (static: inlined in the split walk). */
+static void add_buffer(const struct vn_mem *mem, const struct vn_vring_desc *d,
+		       int want_write, struct iovec *iov, uint32_t max_iov,
+		       uint64_t max_len, struct vn_chain *c)
 {
 	int n;
 
@@ -346,23 +338,31 @@ void vn_chain_add(const struct vn_mem *mem, const struct vn_vring_desc *d, int w
 		c->niov += (uint32_t)n;
 }
 
+/**
+ * vn_chain_add() - account one data descriptor into the chain @c
+ * @mem: the memory table
+ * @d: the descriptor (a checked copy)
+ * @want_write: 1 for device-writable buffers (RX), 0 for device-readable (TX)
+ * @iov: the chain's iovecs
+ * @max_iov: room in @iov
+ * @max_len: bytes beyond which the chain is faulted VN_WALK_TOO_LONG
+ * @c: the chain so far; a problem is recorded in c->fault (first one sticks)
+ */
+void vn_chain_add(const struct vn_mem *mem, const struct vn_vring_desc *d, int want_write,
+		  struct iovec *iov, uint32_t max_iov, uint64_t max_len, struct vn_chain *c)
+{
+	add_buffer(mem, d, want_write, iov, max_iov, max_len, c);
+}
+
 static int walk_fail(struct vn_vring *vq, int reason)
 {
 	vn_vring_break(vq, reason);
 	return -1;
 }
 
-/**
- * vn_indirect_table() - check an INDIRECT descriptor and find its table
- * @vq: the queue (INDIRECT_DESC negotiated?)
- * @mem: the memory table
- * @d: the descriptor (a checked copy)
- * @in_indirect: it was found inside an indirect table
- *
- * Return: the table in host memory, or NULL with the queue broken
- */
-const void *vn_indirect_table(struct vn_vring *vq, const struct vn_mem *mem,
-			      const struct vn_vring_desc *d, int in_indirect)
+/* Check an INDIRECT descriptor; return its table, or NULL with the queue broken. */
+static const void *indirect_table(struct vn_vring *vq, const struct vn_mem *mem,
+				  const struct vn_vring_desc *d, int in_indirect)
 {
 	const void *t = NULL;
 	int err = VN_RING_OK;
@@ -383,6 +383,59 @@ const void *vn_indirect_table(struct vn_vring *vq, const struct vn_mem *mem,
 }
 
 /**
+ * vn_indirect_table() - check an INDIRECT descriptor and find its table
+ * @vq: the queue (INDIRECT_DESC negotiated?)
+ * @mem: the memory table
+ * @d: the descriptor (a checked copy)
+ * @in_indirect: it was found inside an indirect table
+ *
+ * Return: the table in host memory, or NULL with the queue broken
+ */
+const void *vn_indirect_table(struct vn_vring *vq, const struct vn_mem *mem,
+			      const struct vn_vring_desc *d, int in_indirect)
+{
+	return indirect_table(vq, mem, d, in_indirect);
+}
+
+/* vn_chain_walk() for a split ring. */
+static int split_chain_walk(struct vn_vring *vq, const struct vn_mem *mem, uint16_t head,
+			    int want_write, struct iovec *iov, uint32_t max_iov,
+			    uint64_t max_len, struct vn_chain *c)
+{
+	const void *table = vq->desc;
+	uint32_t tsize = vq->num, seen = 0, idx = head;
+	int in_indirect = 0;
+
+	memset(c, 0, sizeof(*c));
+	c->head = head;
+	if (head >= vq->num)
+		return walk_fail(vq, VN_RING_HEAD);
+	for (;;) {
+		struct vn_vring_desc d;
+
+		if (++seen > tsize)
+			return walk_fail(vq, VN_RING_LOOP);
+		desc_read(table, idx, &d);
+		if (d.flags & VN_VRING_DESC_F_INDIRECT) {
+			table = indirect_table(vq, mem, &d, in_indirect);
+			if (!table)
+				return -1;
+			tsize = d.len / DESC_SIZE;
+			seen = 0;
+			idx = 0;
+			in_indirect = 1;
+			continue;
+		}
+		add_buffer(mem, &d, want_write, iov, max_iov, max_len, c);
+		if (!(d.flags & VN_VRING_DESC_F_NEXT))
+			return 0;
+		if (d.next >= tsize)
+			return walk_fail(vq, VN_RING_NEXT);
+		idx = d.next;
+	}
+}
+
+/**
  * vn_chain_walk() - walk the chain at @head into iovecs
  * @vq: a ready queue
  * @mem: the memory table
@@ -400,39 +453,9 @@ int vn_chain_walk(struct vn_vring *vq, const struct vn_mem *mem, uint16_t head,
 		  int want_write, struct iovec *iov, uint32_t max_iov, uint64_t max_len,
 		  struct vn_chain *c)
 {
-	const void *table = vq->desc;
-	uint32_t tsize = vq->num, seen = 0, idx = head;
-	int in_indirect = 0;
-
 	if (vq->packed)
 		return vn_pk_chain_walk(vq, mem, head, want_write, iov, max_iov, max_len, c);
-	memset(c, 0, sizeof(*c));
-	c->head = head;
-	if (head >= vq->num)
-		return walk_fail(vq, VN_RING_HEAD);
-	for (;;) {
-		struct vn_vring_desc d;
-
-		if (++seen > tsize)
-			return walk_fail(vq, VN_RING_LOOP);
-		desc_read(table, idx, &d);
-		if (d.flags & VN_VRING_DESC_F_INDIRECT) {
-			table = vn_indirect_table(vq, mem, &d, in_indirect);
-			if (!table)
-				return -1;
-			tsize = d.len / DESC_SIZE;
-			seen = 0;
-			idx = 0;
-			in_indirect = 1;
-			continue;
-		}
-		vn_chain_add(mem, &d, want_write, iov, max_iov, max_len, c);
-		if (!(d.flags & VN_VRING_DESC_F_NEXT))
-			return 0;
-		if (d.next >= tsize)
-			return walk_fail(vq, VN_RING_NEXT);
-		idx = d.next;
-	}
+	return split_chain_walk(vq, mem, head, want_write, iov, max_iov, max_len, c);
 }
 
 /**
