@@ -63,9 +63,10 @@
  * EVENT_IDX) DESC at the first slot not yet seen available.
  *
  * GET_VRING_BASE returns the slot of the next chain to consume with the
- * avail wrap counter in bit 15 (as DPDK and QEMU read it); SET_VRING_BASE
- * gives the same, and the used position starts there too (nothing is in
- * flight across a stop: every chain consumed was returned).
+ * avail wrap counter in bit 15 (as DPDK and QEMU read it; the Python side
+ * repeats it in bits 16..31 as the used position, QEMU's layout);
+ * SET_VRING_BASE gives the same, and the used position starts there too
+ * (nothing is in flight across a stop: every chain consumed was returned).
  */
 #include <endian.h>
 #include <errno.h>
@@ -447,7 +448,6 @@ void vn_pk_push(struct vn_vring *vq, uint16_t head, uint32_t len)
 	struct pk_desc *u = &pk->ring[pk->used_slot];
 	uint16_t flags = pk->used_wrap ?
 		(VN_VRING_PACKED_DESC_F_AVAIL | VN_VRING_PACKED_DESC_F_USED) : 0;
-	uint32_t i;
 
 	if (len)
 		flags |= VN_VRING_DESC_F_WRITE;
@@ -460,8 +460,12 @@ void vn_pk_push(struct vn_vring *vq, uint16_t head, uint32_t len)
 		pk->held_slot = pk->used_slot;
 		pk->held_flags = flags;
 	}
-	for (i = 0; i < ch->ndesc; i++)
-		slot_next(vq, &pk->used_slot, &pk->used_wrap);
+	/* Skip the chain's slots: ndesc <= num, so at most one pass over slot 0. */
+	pk->used_slot += ch->ndesc;
+	if (pk->used_slot >= vq->num) {
+		pk->used_slot -= vq->num;
+		pk->used_wrap ^= 1;
+	}
 	if (pk->since_signal < 2 * vq->num)
 		pk->since_signal += ch->ndesc;
 	pk->in_flight = pk->in_flight >= ch->ndesc ? pk->in_flight - ch->ndesc : 0;

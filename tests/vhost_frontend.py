@@ -58,8 +58,9 @@ REPLY_TIMEOUT = 10.0
 USED_TIMEOUT = 10.0
 CONNECT_RETRY_S = 0.02
 # Features a well-behaved front-end acks out of what is offered: EVENT_IDX is
-# left out so notifications stay the simple flag kind.
-NOT_ACKED = 1 << vf.VIRTIO_RING_F_EVENT_IDX
+# left out so notifications stay the simple flag kind, RING_PACKED because the
+# rings built here are split ones.
+NOT_ACKED = 1 << vf.VIRTIO_RING_F_EVENT_IDX | 1 << vf.VIRTIO_F_RING_PACKED
 # Protocol features we use: REPLY_ACK (acks on every request we send).
 PROTOCOL_FEATURES = 1 << ProtocolFeature.REPLY_ACK
 
