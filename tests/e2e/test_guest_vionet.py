@@ -182,17 +182,23 @@ def test_tcp_payload_both_ways(guest: Guest, ns: GuestNetns, vionet: Vionet, tx_
     want = hashlib.sha256(payload).hexdigest()
     for host_addr, guest_addr in ((HOST4, GUEST4), (HOST6, GUEST6)):
         before = link_counters(ns, TAP)
+        tso_before = vionet.stats()["tx"]["tso_passthrough"]
         assert guest_to_host(guest, ns, host_addr, PAYLOAD_BYTES) == tx_sha
         middle = link_counters(ns, TAP)
+        tso = vionet.stats()["tx"]["tso_passthrough"] - tso_before
         assert host_to_guest(guest, ns, guest_addr, payload) == want
         after = link_counters(ns, TAP)
         guest_tx = mean_frame(before, middle, "rx")
         if mode == "on":
-            assert guest_tx > MTU_FRAME, f"no guest TSO reached the tap ({guest_tx:.0f} B)"
+            # The guest's TSO super-packets went to the tap as they were.  (How
+            # large they are follows the guest's TCP pacing rate, which a slow
+            # TCG guest on a busy host keeps low: count them, do not size them.)
+            assert tso > 0, f"no guest TSO reached the tap ({guest_tx:.0f} B mean frame)"
             # Host TSO reaches the guest: the tap hands vionet GSO packets.
             assert mean_frame(middle, after, "tx") > MTU_FRAME
         else:
-            assert guest_tx <= MTU_FRAME, f"guest TSO is off but {guest_tx:.0f} B frames"
+            assert tso == 0 and guest_tx <= MTU_FRAME, \
+                f"guest TSO is off but {tso} GSO packets, {guest_tx:.0f} B frames"
     drops = vionet.stats()["tx"]["drops"]
     assert not any(drops.values()), drops
 
