@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 
 from vmdnet._native import ffi, lib
+from vmdnet.offload.chdr import new_c_hdr
 from vmdnet.virtio.net_hdr import (
     VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -68,18 +69,6 @@ class BadHeader(ValueError):
         self.reason = reason
 
 
-def _c_hdr(hdr: VnetHdr):
-    h = ffi.new("struct vn_net_hdr *")
-    h.flags = hdr.flags & 0xFF
-    h.gso_type = hdr.gso_type & 0xFF
-    h.hdr_len = hdr.hdr_len & 0xFFFF
-    h.gso_size = hdr.gso_size & 0xFFFF
-    h.csum_start = hdr.csum_start & 0xFFFF
-    h.csum_offset = hdr.csum_offset & 0xFFFF
-    h.num_buffers = hdr.num_buffers & 0xFFFF
-    return h
-
-
 def _check(rc: int) -> int:
     if rc < 0:
         raise BadHeader(Reason(-rc))
@@ -105,14 +94,14 @@ def validate(hdr: VnetHdr, frame: bytes | bytearray | memoryview) -> None:
     Stricter than the kernel where documented in csrc/vn_offload.c.
     """
     buf = ffi.from_buffer(frame)
-    _check(lib.vn_validate(_c_hdr(hdr), buf, len(buf), ffi.NULL))
+    _check(lib.vn_validate(new_c_hdr(hdr), buf, len(buf), ffi.NULL))
 
 
 def complete_checksum(hdr: VnetHdr, frame: bytes | bytearray | memoryview) -> bytes:
     """Return `frame` with the checksum NEEDS_CSUM asks for filled in."""
     out = bytearray(frame)
     buf = ffi.from_buffer(out)
-    _check(lib.vn_complete_csum(_c_hdr(hdr), buf, len(out)))
+    _check(lib.vn_complete_csum(new_c_hdr(hdr), buf, len(out)))
     return bytes(out)
 
 
@@ -124,7 +113,7 @@ def _segment_room(hdr: VnetHdr, buf, n: int) -> tuple[int, int]:
     """(segments, arena bytes) a validated frame can need: each segment repeats
     the frame's L2-L4 headers, plus a fragment header for UFO over IPv6."""
     pkt = ffi.new("struct vn_pkt *")
-    _check(lib.vn_validate(_c_hdr(hdr), buf, n, pkt))
+    _check(lib.vn_validate(new_c_hdr(hdr), buf, n, pkt))
     gso_size = hdr.gso_size & 0xFFFF
     if hdr.gso_type & 0xFF == VIRTIO_NET_HDR_GSO_NONE or not pkt.l4_off or not gso_size:
         return 1, n
@@ -146,7 +135,7 @@ def segment(hdr: VnetHdr, frame: bytes | bytearray | memoryview,
     out = ffi.new("uint8_t[]", cap)
     lens = ffi.new("uint32_t[]", max_segs)
     fid = _new_frag_id() if v6_frag_id is None else v6_frag_id & 0xFFFFFFFF
-    nseg = _check(lib.vn_segment(_c_hdr(hdr), buf, n, fid, out, cap, lens, max_segs))
+    nseg = _check(lib.vn_segment(new_c_hdr(hdr), buf, n, fid, out, cap, lens, max_segs))
     raw = ffi.buffer(out, cap)
     result, pos = [], 0
     for i in range(nseg):
@@ -185,7 +174,7 @@ class FixBatch:
         e = self.ents[i]
         buf = ffi.from_buffer(frame)
         self._keep[i] = buf
-        e.hdr = _c_hdr(hdr)[0]
+        e.hdr = new_c_hdr(hdr)[0]
         e.frame = buf
         e.len = len(buf)
 

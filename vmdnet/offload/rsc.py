@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmdnet._native import check_errno, ffi, lib
+from vmdnet.offload.chdr import hdr_from_c, hdr_to_c
 from vmdnet.virtio import features as F
 from vmdnet.virtio.net_hdr import VnetHdr
 
@@ -105,22 +106,6 @@ def coalescing_for_features(features: int) -> Coalescing | None:
     return None
 
 
-def _hdr_from_c(h) -> VnetHdr:
-    return VnetHdr(flags=h.flags, gso_type=h.gso_type, hdr_len=h.hdr_len,
-                   gso_size=h.gso_size, csum_start=h.csum_start, csum_offset=h.csum_offset,
-                   num_buffers=h.num_buffers)
-
-
-def _hdr_to_c(hdr: VnetHdr, c) -> None:
-    c.flags = hdr.flags & 0xFF
-    c.gso_type = hdr.gso_type & 0xFF
-    c.hdr_len = hdr.hdr_len & 0xFFFF
-    c.gso_size = hdr.gso_size & 0xFFFF
-    c.csum_start = hdr.csum_start & 0xFFFF
-    c.csum_offset = hdr.csum_offset & 0xFFFF
-    c.num_buffers = hdr.num_buffers & 0xFFFF
-
-
 def _check_time(now_ns: int) -> int:
     if not isinstance(now_ns, int) or not 0 <= now_ns <= _U64_MAX:
         raise ValueError(f"time must be an int in 0..2**64-1 nanoseconds, not {now_ns!r}")
@@ -179,7 +164,7 @@ class Coalescer:
         kinds: list[OutKind] = []
         for i in range(n):
             o = out[i]
-            result.append((_hdr_from_c(o.hdr), ffi.buffer(o.data, o.len)[:]))
+            result.append((hdr_from_c(o.hdr), ffi.buffer(o.data, o.len)[:]))
             kinds.append(OutKind(o.kind))
         self.last_kinds = kinds
         return result
@@ -194,7 +179,7 @@ class Coalescer:
         buf = ffi.from_buffer(frame)
         c_hdr = ffi.NULL
         if hdr is not None:
-            _hdr_to_c(hdr, self._in_hdr)
+            hdr_to_c(hdr, self._in_hdr)
             c_hdr = self._in_hdr
         n = check_errno(lib.vn_rsc_push(self._r, c_hdr, buf, len(buf), _check_time(now_ns),
                                         self._out, _PUSH_MAX_OUT), "vn_rsc_push")
@@ -251,7 +236,7 @@ class Coalescer:
             e = ins[i]
             if isinstance(item, tuple):
                 hdr, frame = item
-                _hdr_to_c(hdr, e.hdr)
+                hdr_to_c(hdr, e.hdr)
                 e.has_hdr = 1
             else:
                 frame, e.has_hdr = item, 0
