@@ -34,6 +34,10 @@
 #include "vn_offload.h"
 #include "vn_pkt.h"
 
+/* Failures printed before going quiet (the count is still reported). */
+#define TL_MAX_REPORTED 40ul
+#include "testlib.h"
+
 /* Fuzz iterations by default: ~2 s at -O2, ~30 s under ASan on this machine. */
 #define FUZZ_ITERS_DEFAULT 200000ul
 #define FUZZ_SEED_DEFAULT 0x9e3779b97f4a7c15ull
@@ -41,119 +45,24 @@
 #define FUZZ_BATCH 6
 /* One fuzz case in this many uses a frame up to 64 KiB (the rest stay small). */
 #define FUZZ_BIG_ONE_IN 128
-/* Failures printed before going quiet (the count is still reported). */
-#define MAX_REPORTED 40
 
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
 #define TCP_CHECK 16
 #define UDP_CHECK 6
 
-static unsigned long n_checks, n_fail;
-static unsigned long fuzz_iter;      /* current fuzz iteration, for reports */
 /* What the fuzz cases reached: accepted by vn_validate, split, fully checked. */
 static unsigned long fz_valid, fz_split, fz_checked;
-static int in_fuzz;
-
-static int check_(int ok, const char *what, int line)
-{
-	n_checks++;
-	if (ok)
-		return 1;
-	if (++n_fail <= MAX_REPORTED) {
-		if (in_fuzz)
-			fprintf(stderr, "test_offload.c:%d: FAIL (fuzz iteration %lu): %s\n",
-				line, fuzz_iter, what);
-		else
-			fprintf(stderr, "test_offload.c:%d: FAIL: %s\n", line, what);
-	}
-	return 0;
-}
-
-#define CHECK(cond) check_((cond) != 0, #cond, __LINE__)
 
 /* ---- helpers ------------------------------------------------------------- */
 
-static uint64_t rng;
-
-static uint64_t rnd(void)
-{
-	rng ^= rng >> 12;
-	rng ^= rng << 25;
-	rng ^= rng >> 27;
-	return rng * 0x2545f4914f6cdd1dull;
-}
-
-static uint32_t rnd_below(uint32_t n)
-{
-	return n ? (uint32_t)(rnd() % n) : 0;
-}
-
-static void rnd_fill(uint8_t *p, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		p[i] = (uint8_t)rnd();
-}
-
-static void *xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-
-	if (!p) {
-		fprintf(stderr, "test_offload: out of memory (%zu bytes)\n", n);
-		exit(2);
-	}
-	return p;
-}
-
 static uint8_t *dup_bytes(const uint8_t *p, size_t n)
 {
-	uint8_t *d = xmalloc(n);
+	uint8_t *d = tl_xmalloc(n);
 
 	if (n)
 		memcpy(d, p, n);
 	return d;
-}
-
-/* Reference RFC 1071 sum, one big-endian word at a time: folded, not inverted. */
-static uint16_t ref_sum(const uint8_t *p, size_t n, uint32_t init)
-{
-	uint64_t s = init;
-	size_t i;
-
-	for (i = 0; i + 1 < n; i += 2)
-		s += (uint32_t)((p[i] << 8) | p[i + 1]);
-	if (n & 1)
-		s += (uint32_t)p[n - 1] << 8;
-	while (s >> 16)
-		s = (s & 0xffff) + (s >> 16);
-	return (uint16_t)s;
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)((p[0] << 8) | p[1]);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static void put16(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
 }
 
 /* ---- frame builder ----------------------------------------------------------- */
@@ -195,12 +104,12 @@ static uint16_t ref_pseudo(const uint8_t *f, size_t l3, int version, int proto, 
 	uint16_t s;
 
 	if (version == 4)
-		s = ref_sum(f + l3 + 12, 8, 0);
+		s = tl_ref_sum(f + l3 + 12, 8, 0);
 	else
-		s = ref_sum(f + l3 + 8, 32, 0);
-	put16(tail, (uint32_t)proto);
-	put16(tail + 2, (uint32_t)l4len);
-	return ref_sum(tail, 4, s);
+		s = tl_ref_sum(f + l3 + 8, 32, 0);
+	tl_put_be16(tail, (uint32_t)proto);
+	tl_put_be16(tail + 2, (uint32_t)l4len);
+	return tl_ref_sum(tail, 4, s);
 }
 
 /* Fill @f (spec_len(@s) bytes) as a guest would, payload random. */
@@ -214,11 +123,11 @@ static void build(uint8_t *f, const struct spec *s, struct built *b)
 
 	memcpy(f, mac, 12);
 	for (tag = 0; tag < s->vlans; tag++) {
-		put16(f + off, s->vlans == 2 && tag == 0 ? 0x88a8 : 0x8100);
-		put16(f + off + 2, (uint32_t)(10 + tag));
+		tl_put_be16(f + off, s->vlans == 2 && tag == 0 ? 0x88a8 : 0x8100);
+		tl_put_be16(f + off + 2, (uint32_t)(10 + tag));
 		off += 4;
 	}
-	put16(f + off, s->version == 4 ? 0x0800 : 0x86dd);
+	tl_put_be16(f + off, s->version == 4 ? 0x0800 : 0x86dd);
 	off += 2;
 	b->l3 = off;
 	b->version = s->version;
@@ -230,23 +139,23 @@ static void build(uint8_t *f, const struct spec *s, struct built *b)
 
 		f[off] = (uint8_t)(0x40 | (ihl / 4));
 		f[off + 1] = 0;
-		put16(f + off + 2, (uint32_t)(ihl + l4len));
-		put16(f + off + 4, s->ident);
-		put16(f + off + 6, s->df ? 0x4000 : 0);
+		tl_put_be16(f + off + 2, (uint32_t)(ihl + l4len));
+		tl_put_be16(f + off + 4, s->ident);
+		tl_put_be16(f + off + 6, s->df ? 0x4000 : 0);
 		f[off + 8] = 64;
 		f[off + 9] = (uint8_t)s->proto;
-		put16(f + off + 10, 0);
-		put32(f + off + 12, 0xc6120001);        /* 198.18.0.1 */
-		put32(f + off + 16, 0xc6120002);        /* 198.18.0.2 */
+		tl_put_be16(f + off + 10, 0);
+		tl_put_be32(f + off + 12, 0xc6120001);        /* 198.18.0.1 */
+		tl_put_be32(f + off + 16, 0xc6120002);        /* 198.18.0.2 */
 		memset(f + off + 20, 1, s->ip_opt);     /* NOP options */
-		put16(f + off + 10, (uint16_t)~ref_sum(f + off, ihl, 0));
+		tl_put_be16(f + off + 10, (uint16_t)~tl_ref_sum(f + off, ihl, 0));
 		off += ihl;
 	} else {
 		size_t ext = 8 * (size_t)s->v6_hop + 16 * (size_t)s->v6_routing;
 		uint8_t *e;
 
-		put32(f + off, 0x60000000);
-		put16(f + off + 4, (uint32_t)(ext + l4len));
+		tl_put_be32(f + off, 0x60000000);
+		tl_put_be16(f + off + 4, (uint32_t)(ext + l4len));
 		f[off + 7] = 64;
 		memset(f + off + 8, 0, 32);
 		f[off + 8] = 0xfd;
@@ -274,23 +183,23 @@ static void build(uint8_t *f, const struct spec *s, struct built *b)
 	b->l4 = off;
 	l4 = f + off;
 	if (s->proto == IPPROTO_TCP_) {
-		put16(l4, 40000);
-		put16(l4 + 2, 5201);
-		put32(l4 + 4, s->seq);
-		put32(l4 + 8, 1);
+		tl_put_be16(l4, 40000);
+		tl_put_be16(l4 + 2, 5201);
+		tl_put_be32(l4 + 4, s->seq);
+		tl_put_be32(l4 + 8, 1);
 		l4[12] = (uint8_t)((b->l4h / 4) << 4);
 		l4[13] = s->flags;
-		put16(l4 + 14, 65535);
-		put16(l4 + 16, 0);
-		put16(l4 + 18, 0);
+		tl_put_be16(l4 + 14, 65535);
+		tl_put_be16(l4 + 16, 0);
+		tl_put_be16(l4 + 18, 0);
 		memset(l4 + 20, 1, s->tcp_opt);
 	} else {
-		put16(l4, 40000);
-		put16(l4 + 2, 5201);
-		put16(l4 + 4, (uint32_t)l4len);
-		put16(l4 + 6, 0);
+		tl_put_be16(l4, 40000);
+		tl_put_be16(l4 + 2, 5201);
+		tl_put_be16(l4 + 4, (uint32_t)l4len);
+		tl_put_be16(l4 + 6, 0);
 	}
-	rnd_fill(l4 + b->l4h, s->payload);
+	tl_rnd_fill(l4 + b->l4h, s->payload);
 	b->ip_end = off + l4len;
 	for (i = 0; i < s->pad; i++)
 		f[b->ip_end + i] = 0xaa;
@@ -300,12 +209,12 @@ static void build(uint8_t *f, const struct spec *s, struct built *b)
 	if (s->check == CHK_SEED)
 		v = seed;
 	else if (s->check == CHK_FULL)
-		v = (uint16_t)~ref_sum(l4, l4len, seed);
+		v = (uint16_t)~tl_ref_sum(l4, l4len, seed);
 	else
 		v = 0;
 	if (s->check == CHK_FULL && v == 0 && s->proto == IPPROTO_UDP_)
 		v = 0xffff;
-	put16(l4 + (s->proto == IPPROTO_TCP_ ? TCP_CHECK : UDP_CHECK), v);
+	tl_put_be16(l4 + (s->proto == IPPROTO_TCP_ ? TCP_CHECK : UDP_CHECK), v);
 }
 
 static struct vn_net_hdr hdr_for(const struct built *b, uint8_t gso_type, uint16_t gso_size)
@@ -330,21 +239,21 @@ static int ref_ok(const uint8_t *f, size_t len, const struct built *b)
 	if (b->version == 4) {
 		size_t ihl = (size_t)(f[b->l3] & 0x0f) * 4;
 
-		if (ref_sum(f + b->l3, ihl, 0) != 0xffff)
+		if (tl_ref_sum(f + b->l3, ihl, 0) != 0xffff)
 			return 0;
-		end = b->l3 + get16(f + b->l3 + 2);
+		end = b->l3 + tl_get_be16(f + b->l3 + 2);
 	} else {
-		end = b->l3 + 40 + get16(f + b->l3 + 4);
+		end = b->l3 + 40 + tl_get_be16(f + b->l3 + 4);
 	}
 	if (end > len || end < b->l4 + b->l4h)
 		return 0;
 	l4len = end - b->l4;
 	if (b->proto == IPPROTO_UDP_) {
-		if (get16(f + b->l4 + UDP_CHECK) == 0)
+		if (tl_get_be16(f + b->l4 + UDP_CHECK) == 0)
 			return b->version == 4;
-		l4len = get16(f + b->l4 + 4);
+		l4len = tl_get_be16(f + b->l4 + 4);
 	}
-	return ref_sum(f + b->l4, l4len, ref_pseudo(f, b->l3, b->version, b->proto, l4len)) ==
+	return tl_ref_sum(f + b->l4, l4len, ref_pseudo(f, b->l3, b->version, b->proto, l4len)) ==
 		0xffff;
 }
 
@@ -382,7 +291,7 @@ static void test_known_answers(void)
 
 	/* RFC 1071 section 3: 0001 f203 f4f5 f6f7 sums to ddf2. */
 	CHECK(vn_checksum_be(rfc1071, 8, 0) == 0xddf2);
-	CHECK(ref_sum(rfc1071, 8, 0) == 0xddf2);
+	CHECK(tl_ref_sum(rfc1071, 8, 0) == 0xddf2);
 	/* The same sum in pieces, and in memory order then byte-swapped. */
 	CHECK(vn_checksum_be(rfc1071 + 4, 4, vn_checksum_be(rfc1071, 4, 0)) == 0xddf2);
 	CHECK(vn_checksum_be(ip, 20, 0) == (uint16_t)~0xb861);
@@ -393,24 +302,24 @@ static void test_known_answers(void)
 	/* Fixed frames; expected values computed by tests/pktlib.py. */
 	CHECK(vn_verify(kat_tcp4, sizeof(kat_tcp4)) == 1);
 	CHECK(vn_verify(kat_udp6, sizeof(kat_udp6)) == 1);
-	CHECK(get16(kat_tcp4 + 24) == KAT_TCP4_IPCSUM);
+	CHECK(tl_get_be16(kat_tcp4 + 24) == KAT_TCP4_IPCSUM);
 	/* Replace the TCP checksum by the guest's seed and have it completed. */
 	f = dup_bytes(kat_tcp4, sizeof(kat_tcp4));
-	put16(f + KAT_TCP4_CHECK_OFF, ref_pseudo(f, 14, 4, IPPROTO_TCP_, sizeof(kat_tcp4) - 34));
+	tl_put_be16(f + KAT_TCP4_CHECK_OFF, ref_pseudo(f, 14, 4, IPPROTO_TCP_, sizeof(kat_tcp4) - 34));
 	CHECK(vn_verify(f, sizeof(kat_tcp4)) == 0);
 	memset(&h, 0, sizeof(h));
 	h.flags = VN_HDR_F_NEEDS_CSUM;
 	h.csum_start = 34;
 	h.csum_offset = TCP_CHECK;
 	CHECK(vn_complete_csum(&h, f, sizeof(kat_tcp4)) == 0);
-	CHECK(get16(f + KAT_TCP4_CHECK_OFF) == KAT_TCP4_CHECK);
+	CHECK(tl_get_be16(f + KAT_TCP4_CHECK_OFF) == KAT_TCP4_CHECK);
 	free(f);
 	f = dup_bytes(kat_udp6, sizeof(kat_udp6));
-	put16(f + KAT_UDP6_CHECK_OFF, ref_pseudo(f, 14, 6, IPPROTO_UDP_, sizeof(kat_udp6) - 54));
+	tl_put_be16(f + KAT_UDP6_CHECK_OFF, ref_pseudo(f, 14, 6, IPPROTO_UDP_, sizeof(kat_udp6) - 54));
 	h.csum_start = 54;
 	h.csum_offset = UDP_CHECK;
 	CHECK(vn_complete_csum(&h, f, sizeof(kat_udp6)) == 0);
-	CHECK(get16(f + KAT_UDP6_CHECK_OFF) == KAT_UDP6_CHECK);
+	CHECK(tl_get_be16(f + KAT_UDP6_CHECK_OFF) == KAT_UDP6_CHECK);
 	/* A flipped bit anywhere in the checksummed part is caught. */
 	f[70] ^= 4;
 	CHECK(vn_verify(f, sizeof(kat_udp6)) == 0);
@@ -423,15 +332,15 @@ static void test_csum_reference(void)
 {
 	static const size_t longs[] = { 262143, 262144, 262145, 262207, 524288 + 130,
 					786432 + 7 };
-	uint8_t *src = xmalloc(786432 + 64), *dst = xmalloc(786432 + 64);
+	uint8_t *src = tl_xmalloc(786432 + 64), *dst = tl_xmalloc(786432 + 64);
 	size_t len, al, i;
 	int bad = 0;
 
-	rnd_fill(src, 786432 + 64);
+	tl_rnd_fill(src, 786432 + 64);
 	for (len = 0; len <= 300; len++) {
 		for (al = 0; al < 16; al++) {
-			uint16_t init = (uint16_t)rnd();
-			uint16_t want = ref_sum(src + al, len, init);
+			uint16_t init = (uint16_t)tl_rnd();
+			uint16_t want = tl_ref_sum(src + al, len, init);
 			uint32_t s;
 
 			if (vn_checksum_be(src + al, len, init) != want)
@@ -444,12 +353,12 @@ static void test_csum_reference(void)
 	}
 	CHECK(bad == 0);
 	for (i = 0; i < sizeof(longs) / sizeof(longs[0]); i++) {
-		uint8_t *ones = xmalloc(longs[i]);
+		uint8_t *ones = tl_xmalloc(longs[i]);
 
 		memset(ones, 0xff, longs[i]);
-		CHECK(vn_checksum_be(ones, longs[i], 0) == ref_sum(ones, longs[i], 0));
+		CHECK(vn_checksum_be(ones, longs[i], 0) == tl_ref_sum(ones, longs[i], 0));
 		free(ones);
-		CHECK(vn_checksum_be(src + 3, longs[i], 7) == ref_sum(src + 3, longs[i], 7));
+		CHECK(vn_checksum_be(src + 3, longs[i], 7) == tl_ref_sum(src + 3, longs[i], 7));
 		CHECK(vn_csum_fold(vn_csum_copy(dst + 1, src + 2, longs[i], 0)) ==
 		      vn_csum_fold(vn_csum_partial(src + 2, longs[i], 0)));
 		CHECK(memcmp(dst + 1, src + 2, longs[i]) == 0);
@@ -486,8 +395,8 @@ static struct segs segment_all(const struct vn_net_hdr *h, const uint8_t *f, siz
 	per = (size_t)pkt.l4_off + pkt.l4_hlen + VN_IPV6_FRAG_HLEN + VN_UDP_HLEN;
 	s.max = (uint32_t)(len / mss + 2);
 	s.cap = len + (size_t)s.max * per + 64;
-	s.out = xmalloc(s.cap);
-	s.lens = xmalloc(sizeof(uint32_t) * s.max);
+	s.out = tl_xmalloc(s.cap);
+	s.lens = tl_xmalloc(sizeof(uint32_t) * s.max);
 	s.n = vn_segment(h, f, len, frag_id, s.out, s.cap, s.lens, s.max);
 	return s;
 }
@@ -523,23 +432,23 @@ static void check_l4_segments(const uint8_t *f, const struct built *b, const str
 		CHECK(memcmp(seg + hl, f + hl + pos, n) == 0);
 		CHECK(memcmp(seg, f, b->l3) == 0);
 		if (b->version == 4) {
-			CHECK(get16(seg + b->l3 + 2) == s->lens[i] - b->l3);
-			CHECK(get16(seg + b->l3 + 4) == (uint16_t)(get16(f + b->l3 + 4) + i));
+			CHECK(tl_get_be16(seg + b->l3 + 2) == s->lens[i] - b->l3);
+			CHECK(tl_get_be16(seg + b->l3 + 4) == (uint16_t)(tl_get_be16(f + b->l3 + 4) + i));
 		} else {
-			CHECK(get16(seg + b->l3 + 4) == s->lens[i] - b->l3 - 40);
+			CHECK(tl_get_be16(seg + b->l3 + 4) == s->lens[i] - b->l3 - 40);
 		}
 		if (b->proto == IPPROTO_TCP_) {
 			uint8_t fl = f[b->l4 + 13];
 
-			CHECK(get32(seg + b->l4 + 4) == get32(f + b->l4 + 4) + (uint32_t)pos);
+			CHECK(tl_get_be32(seg + b->l4 + 4) == tl_get_be32(f + b->l4 + 4) + (uint32_t)pos);
 			if (!last)
 				fl &= (uint8_t)~0x09;   /* FIN, PSH only on the last */
 			if (i)
 				fl &= (uint8_t)~0x80;   /* CWR only on the first */
 			CHECK(seg[b->l4 + 13] == fl);
 		} else {
-			CHECK(get16(seg + b->l4 + 4) == 8 + n);
-			CHECK(get16(seg + b->l4 + UDP_CHECK) != 0);
+			CHECK(tl_get_be16(seg + b->l4 + 4) == 8 + n);
+			CHECK(tl_get_be16(seg + b->l4 + UDP_CHECK) != 0);
 		}
 		pos += n;
 	}
@@ -553,7 +462,7 @@ static void check_ufo(const uint8_t *f, const struct built *b, const struct segs
 	size_t dlen = b->ip_end - b->l4, got = 0;
 	size_t fh = b->l4;                      /* IPv6: fragment header goes here */
 	size_t data_at = b->version == 4 ? b->l4 : b->l4 + 8;
-	uint8_t *d = xmalloc(dlen);
+	uint8_t *d = tl_xmalloc(dlen);
 	const uint8_t *seg = s->out;
 	int i;
 
@@ -563,19 +472,19 @@ static void check_ufo(const uint8_t *f, const struct built *b, const struct segs
 		int mf;
 
 		if (b->version == 4) {
-			uint16_t fo = get16(seg + b->l3 + 6);
+			uint16_t fo = tl_get_be16(seg + b->l3 + 6);
 
-			CHECK(ref_sum(seg + b->l3, (size_t)(seg[b->l3] & 0x0f) * 4, 0) == 0xffff);
-			CHECK(get16(seg + b->l3 + 4) == get16(f + b->l3 + 4));
+			CHECK(tl_ref_sum(seg + b->l3, (size_t)(seg[b->l3] & 0x0f) * 4, 0) == 0xffff);
+			CHECK(tl_get_be16(seg + b->l3 + 4) == tl_get_be16(f + b->l3 + 4));
 			off = (size_t)(fo & 0x1fff) * 8;
 			mf = (fo & 0x2000) != 0;
 			CHECK((fo & 0x4000) == 0);
 		} else {
-			uint16_t fo = get16(seg + fh + 2);
+			uint16_t fo = tl_get_be16(seg + fh + 2);
 
 			CHECK(seg[b->l3 + 6] == 44 && seg[fh] == IPPROTO_UDP_);
-			CHECK(get32(seg + fh + 4) == frag_id);
-			CHECK(get16(seg + b->l3 + 4) == s->lens[i] - b->l3 - 40);
+			CHECK(tl_get_be32(seg + fh + 4) == frag_id);
+			CHECK(tl_get_be16(seg + b->l3 + 4) == s->lens[i] - b->l3 - 40);
 			off = fo & 0xfff8;
 			mf = fo & 1;
 		}
@@ -587,7 +496,7 @@ static void check_ufo(const uint8_t *f, const struct built *b, const struct segs
 	}
 	CHECK(got == dlen);
 	CHECK(memcmp(d, f + b->l4, 6) == 0 && memcmp(d + 8, f + b->l4 + 8, dlen - 8) == 0);
-	CHECK(ref_sum(d, dlen, ref_pseudo(f, b->l3, b->version, IPPROTO_UDP_, dlen)) == 0xffff);
+	CHECK(tl_ref_sum(d, dlen, ref_pseudo(f, b->l3, b->version, IPPROTO_UDP_, dlen)) == 0xffff);
 	free(d);
 }
 
@@ -597,8 +506,8 @@ static void check_iov_same(const struct vn_net_hdr *h, const uint8_t *f, size_t 
 {
 	uint32_t max = s->max;
 	size_t cap = s->cap, k = 0;
-	uint8_t *arena = xmalloc(cap);
-	struct iovec *iov = xmalloc(sizeof(*iov) * 2 * max);
+	uint8_t *arena = tl_xmalloc(cap);
+	struct iovec *iov = tl_xmalloc(sizeof(*iov) * 2 * max);
 	const uint8_t *want = s->out;
 	int n = vn_segment_iov(h, f, len, frag_id, arena, cap, iov, max), i;
 
@@ -623,11 +532,11 @@ static void check_iov_same(const struct vn_net_hdr *h, const uint8_t *f, size_t 
 static void seg_case(const struct spec *sp, uint8_t gso, uint16_t mss)
 {
 	size_t len = spec_len(sp);
-	uint8_t *f = xmalloc(len);
+	uint8_t *f = tl_xmalloc(len);
 	struct built b;
 	struct vn_net_hdr h;
 	struct segs s;
-	uint32_t fid = (uint32_t)rnd();
+	uint32_t fid = (uint32_t)tl_rnd();
 
 	build(f, sp, &b);
 	h = hdr_for(&b, gso, mss);
@@ -688,7 +597,7 @@ static void test_validate_boundaries(void)
 	struct spec sp = { .version = 4, .proto = IPPROTO_TCP_, .payload = 100, .df = 1 };
 	struct spec up = { .version = 4, .proto = IPPROTO_UDP_, .payload = 1280 };
 	size_t len = spec_len(&sp), ulen = spec_len(&up);
-	uint8_t *f = xmalloc(len), *u = xmalloc(ulen), *big = calloc(1, VN_MAX_FRAME + 1);
+	uint8_t *f = tl_xmalloc(len), *u = tl_xmalloc(ulen), *big = calloc(1, VN_MAX_FRAME + 1);
 	struct built b, ub;
 	struct vn_net_hdr h, z, g;
 
@@ -794,9 +703,9 @@ static void check_no_space(const struct vn_net_hdr *h, const uint8_t *f, size_t 
 			   uint32_t fid, const struct segs *s)
 {
 	size_t total = segs_total(s), hdr_bytes = 0;
-	uint8_t *a = xmalloc(total), *a1 = xmalloc(total ? total - 1 : 0);
-	uint32_t *l = xmalloc(sizeof(uint32_t) * (size_t)s->n);
-	struct iovec *iov = xmalloc(sizeof(*iov) * 2 * (size_t)s->n);
+	uint8_t *a = tl_xmalloc(total), *a1 = tl_xmalloc(total ? total - 1 : 0);
+	uint32_t *l = tl_xmalloc(sizeof(uint32_t) * (size_t)s->n);
+	struct iovec *iov = tl_xmalloc(sizeof(*iov) * 2 * (size_t)s->n);
 	int i;
 
 	CHECK(vn_segment(h, f, len, fid, a, total, l, (uint32_t)s->n) == s->n);
@@ -807,7 +716,7 @@ static void check_no_space(const struct vn_net_hdr *h, const uint8_t *f, size_t 
 		for (i = 0; i < s->n; i++)
 			hdr_bytes += iov[2 * i].iov_len;
 		free(a1);
-		a1 = xmalloc(hdr_bytes);
+		a1 = tl_xmalloc(hdr_bytes);
 		CHECK(vn_segment_iov(h, f, len, fid, a1, hdr_bytes, iov, (uint32_t)s->n) ==
 		      s->n);
 		if (hdr_bytes)
@@ -827,11 +736,11 @@ static void check_no_space(const struct vn_net_hdr *h, const uint8_t *f, size_t 
 static void check_tiny(const struct vn_net_hdr *h, const uint8_t *f, size_t len,
 		       uint32_t fid, const struct segs *s)
 {
-	size_t cap = rnd_below(VN_ETH_HLEN * 12);
-	uint32_t max = 1 + rnd_below(4);
-	uint8_t *a = xmalloc(cap);
-	uint32_t *l = xmalloc(sizeof(uint32_t) * max);
-	struct iovec *iov = xmalloc(sizeof(*iov) * 2 * max);
+	size_t cap = tl_rnd_below(VN_ETH_HLEN * 12);
+	uint32_t max = 1 + tl_rnd_below(4);
+	uint8_t *a = tl_xmalloc(cap);
+	uint32_t *l = tl_xmalloc(sizeof(uint32_t) * max);
+	struct iovec *iov = tl_xmalloc(sizeof(*iov) * 2 * max);
 	int r = vn_segment(h, f, len, fid, a, cap, l, max);
 
 	CHECK(r == -VN_BAD_NO_SPACE || (r == s->n && segs_total(s) <= cap &&
@@ -847,7 +756,7 @@ static void check_tiny(const struct vn_net_hdr *h, const uint8_t *f, size_t len,
  * same verdict as vn_validate() once the copy holds every parsed header. */
 static void check_head(const struct vn_net_hdr *h, const uint8_t *f, size_t len, int v)
 {
-	size_t hl = rnd_below(2) ? rnd_below((uint32_t)len + 1) : len;
+	size_t hl = tl_rnd_below(2) ? tl_rnd_below((uint32_t)len + 1) : len;
 	uint8_t *head = dup_bytes(f, hl);
 	struct vn_pkt full, part;
 	int vh = vn_validate_head(h, head, hl, len, &part);
@@ -869,31 +778,31 @@ static const uint8_t edge_gso[] = { 0, 1, 3, 4, 5, 0x81, 0x84, 2, 6, 0x11, 0x21,
 
 static uint16_t rnd_edge16(void)
 {
-	return rnd_below(2) ? edge16[rnd_below(sizeof(edge16) / sizeof(edge16[0]))] :
-		(uint16_t)rnd();
+	return tl_rnd_below(2) ? edge16[tl_rnd_below(sizeof(edge16) / sizeof(edge16[0]))] :
+		(uint16_t)tl_rnd();
 }
 
 static struct vn_net_hdr rnd_hdr(void)
 {
 	struct vn_net_hdr h;
 
-	h.flags = (uint8_t)(rnd_below(2) ? rnd_below(8) : rnd());
-	h.gso_type = rnd_below(2) ? edge_gso[rnd_below(sizeof(edge_gso))] : (uint8_t)rnd();
+	h.flags = (uint8_t)(tl_rnd_below(2) ? tl_rnd_below(8) : tl_rnd());
+	h.gso_type = tl_rnd_below(2) ? edge_gso[tl_rnd_below(sizeof(edge_gso))] : (uint8_t)tl_rnd();
 	h.hdr_len = rnd_edge16();
 	h.gso_size = rnd_edge16();
 	h.csum_start = rnd_edge16();
 	h.csum_offset = rnd_edge16();
-	h.num_buffers = (uint16_t)rnd();
+	h.num_buffers = (uint16_t)tl_rnd();
 	return h;
 }
 
 static void mutate_hdr(struct vn_net_hdr *h)
 {
-	uint16_t d = rnd_below(2) ? (uint16_t)(rnd_below(9) - 4) : rnd_edge16();
+	uint16_t d = tl_rnd_below(2) ? (uint16_t)(tl_rnd_below(9) - 4) : rnd_edge16();
 
-	switch (rnd_below(6)) {
-	case 0: h->flags = (uint8_t)(h->flags ^ (1u << rnd_below(8))); break;
-	case 1: h->gso_type = edge_gso[rnd_below(sizeof(edge_gso))]; break;
+	switch (tl_rnd_below(6)) {
+	case 0: h->flags = (uint8_t)(h->flags ^ (1u << tl_rnd_below(8))); break;
+	case 1: h->gso_type = edge_gso[tl_rnd_below(sizeof(edge_gso))]; break;
 	case 2: h->hdr_len = (uint16_t)(h->hdr_len + d); break;
 	case 3: h->gso_size = (uint16_t)(h->gso_size + d); break;
 	case 4: h->csum_start = (uint16_t)(h->csum_start + d); break;
@@ -904,40 +813,40 @@ static void mutate_hdr(struct vn_net_hdr *h)
 static void rnd_spec(struct spec *s, int big)
 {
 	memset(s, 0, sizeof(*s));
-	s->version = rnd_below(2) ? 4 : 6;
-	s->proto = rnd_below(2) ? IPPROTO_TCP_ : IPPROTO_UDP_;
-	s->vlans = (int)rnd_below(3);
+	s->version = tl_rnd_below(2) ? 4 : 6;
+	s->proto = tl_rnd_below(2) ? IPPROTO_TCP_ : IPPROTO_UDP_;
+	s->vlans = (int)tl_rnd_below(3);
 	if (s->version == 4)
-		s->ip_opt = rnd_below(4) ? 0 : 4 * (size_t)rnd_below(11);
+		s->ip_opt = tl_rnd_below(4) ? 0 : 4 * (size_t)tl_rnd_below(11);
 	else {
-		s->v6_hop = !rnd_below(4);
-		s->v6_routing = !rnd_below(4);
+		s->v6_hop = !tl_rnd_below(4);
+		s->v6_routing = !tl_rnd_below(4);
 	}
 	if (s->proto == IPPROTO_TCP_)
-		s->tcp_opt = rnd_below(3) ? 0 : 4 * (size_t)rnd_below(11);
-	s->payload = big ? rnd_below(65400 - 200) : rnd_below(3) ? rnd_below(3000) :
-		rnd_below(64);
-	s->pad = rnd_below(8) ? 0 : rnd_below(20);
-	s->seq = (uint32_t)rnd();
-	s->flags = (uint8_t)rnd();
-	s->ident = (uint16_t)rnd();
-	s->df = (int)rnd_below(2);
-	s->check = rnd_below(4) ? CHK_SEED : (int)rnd_below(3);
+		s->tcp_opt = tl_rnd_below(3) ? 0 : 4 * (size_t)tl_rnd_below(11);
+	s->payload = big ? tl_rnd_below(65400 - 200) : tl_rnd_below(3) ? tl_rnd_below(3000) :
+		tl_rnd_below(64);
+	s->pad = tl_rnd_below(8) ? 0 : tl_rnd_below(20);
+	s->seq = (uint32_t)tl_rnd();
+	s->flags = (uint8_t)tl_rnd();
+	s->ident = (uint16_t)tl_rnd();
+	s->df = (int)tl_rnd_below(2);
+	s->check = tl_rnd_below(4) ? CHK_SEED : (int)tl_rnd_below(3);
 }
 
 /* The GSO header a guest would send, with a gso_size that often splits. */
 static struct vn_net_hdr valid_hdr(const struct built *b, size_t payload)
 {
 	uint8_t gso;
-	uint16_t mss = (uint16_t)(1 + rnd_below((uint32_t)(payload / 2 + 8)));
+	uint16_t mss = (uint16_t)(1 + tl_rnd_below((uint32_t)(payload / 2 + 8)));
 
 	if (b->proto == IPPROTO_TCP_)
 		gso = b->version == 4 ? VN_GSO_TCPV4 : VN_GSO_TCPV6;
 	else
-		gso = rnd_below(2) ? VN_GSO_UDP_L4 : VN_GSO_UDP;
-	if (!rnd_below(5))
+		gso = tl_rnd_below(2) ? VN_GSO_UDP_L4 : VN_GSO_UDP;
+	if (!tl_rnd_below(5))
 		gso = 0;
-	if (gso == VN_GSO_UDP_L4 && payload / mss >= VN_USO_MAX_SEGS && rnd_below(4))
+	if (gso == VN_GSO_UDP_L4 && payload / mss >= VN_USO_MAX_SEGS && tl_rnd_below(4))
 		mss = (uint16_t)(payload / VN_USO_MAX_SEGS + 1);
 	if (gso == VN_GSO_UDP)
 		mss = (uint16_t)(mss < 8 ? 8 : mss & ~7u);
@@ -982,7 +891,7 @@ static void fuzz_pair(const struct vn_net_hdr *h, const uint8_t *f, size_t len,
 		      const struct built *valid, size_t payload)
 {
 	uint8_t *before = dup_bytes(f, len), *done = dup_bytes(f, len);
-	uint32_t fid = (uint32_t)rnd();
+	uint32_t fid = (uint32_t)tl_rnd();
 	struct segs s;
 	int v = vn_validate(h, f, len, NULL), i;
 	size_t off = 0;
@@ -1025,7 +934,7 @@ static void fuzz_batch(void)
 {
 	struct vn_batch_ent ents[FUZZ_BATCH];
 	struct segs each[FUZZ_BATCH];
-	uint32_t base = (uint32_t)rnd(), segs = 0, k;
+	uint32_t base = (uint32_t)tl_rnd(), segs = 0, k;
 	size_t bytes = 0, pos = 0, small;
 	uint8_t *arena;
 	uint32_t *lens;
@@ -1041,8 +950,8 @@ static void fuzz_batch(void)
 			segs += (uint32_t)each[k].n;
 		}
 	}
-	arena = xmalloc(bytes);
-	lens = xmalloc(sizeof(uint32_t) * segs);
+	arena = tl_xmalloc(bytes);
+	lens = tl_xmalloc(sizeof(uint32_t) * segs);
 	n = vn_fix_batch(ents, ring_n, base, arena, bytes, lens, segs);
 	CHECK(n == (int)segs);
 	for (k = 0; k < ring_n; k++) {
@@ -1057,9 +966,9 @@ static void fuzz_batch(void)
 		}
 	}
 	free(arena);
-	small = rnd_below((uint32_t)bytes + 1);
-	arena = xmalloc(small);
-	n = vn_fix_batch(ents, ring_n, base, arena, small, lens, rnd_below(segs + 1));
+	small = tl_rnd_below((uint32_t)bytes + 1);
+	arena = tl_xmalloc(small);
+	n = vn_fix_batch(ents, ring_n, base, arena, small, lens, tl_rnd_below(segs + 1));
 	for (pos = 0, k = 0; k < ring_n; k++) {
 		if (ents[k].result == -VN_BAD_NO_SPACE && each[k].n > 0)
 			continue;
@@ -1100,12 +1009,12 @@ static void fuzz_one(void)
 	struct vn_net_hdr h;
 	size_t len, cut, add, i;
 	uint8_t *f, *g;
-	int mode = (int)rnd_below(8), big = !rnd_below(FUZZ_BIG_ONE_IN), mutated = 0;
+	int mode = (int)tl_rnd_below(8), big = !tl_rnd_below(FUZZ_BIG_ONE_IN), mutated = 0;
 
 	if (mode == 0) {                        /* random bytes */
-		len = rnd_below(2) ? rnd_below(14) : rnd_below(400);
-		f = xmalloc(len);
-		rnd_fill(f, len);
+		len = tl_rnd_below(2) ? tl_rnd_below(14) : tl_rnd_below(400);
+		f = tl_xmalloc(len);
+		tl_rnd_fill(f, len);
 		h = rnd_hdr();
 		fuzz_pair(&h, f, len, NULL, 0);
 		ring_put(&h, f, len);
@@ -1114,22 +1023,22 @@ static void fuzz_one(void)
 	}
 	rnd_spec(&sp, big);
 	len = spec_len(&sp);
-	f = xmalloc(len);
+	f = tl_xmalloc(len);
 	build(f, &sp, &b);
 	h = mode == 1 ? rnd_hdr() : valid_hdr(&b, sp.payload);
 	if (mode >= 2 && mode <= 4) {
-		for (i = rnd_below(3); i > 0; i--, mutated = 1)
+		for (i = tl_rnd_below(3); i > 0; i--, mutated = 1)
 			mutate_hdr(&h);
-		for (i = rnd_below(4); i > 0; i--, mutated = 1)
-			f[rnd_below((uint32_t)(b.l4 + b.l4h + 8 < len ? b.l4 + b.l4h + 8 : len))] ^=
-				(uint8_t)(1 + rnd_below(255));
+		for (i = tl_rnd_below(4); i > 0; i--, mutated = 1)
+			f[tl_rnd_below((uint32_t)(b.l4 + b.l4h + 8 < len ? b.l4 + b.l4h + 8 : len))] ^=
+				(uint8_t)(1 + tl_rnd_below(255));
 	}
 	if (mode == 5) {                        /* cut and/or extended */
-		cut = rnd_below(2) ? rnd_below((uint32_t)len + 1) : 0;
-		add = rnd_below(2) ? rnd_below(64) : 0;
-		g = xmalloc(len - cut + add);
+		cut = tl_rnd_below(2) ? tl_rnd_below((uint32_t)len + 1) : 0;
+		add = tl_rnd_below(2) ? tl_rnd_below(64) : 0;
+		g = tl_xmalloc(len - cut + add);
 		memcpy(g, f, len - cut);
-		rnd_fill(g + len - cut, add);
+		tl_rnd_fill(g + len - cut, add);
 		free(f);
 		f = g;
 		len = len - cut + add;
@@ -1143,15 +1052,15 @@ static void fuzz_one(void)
 
 static void test_fuzz(unsigned long iters)
 {
-	in_fuzz = 1;
-	for (fuzz_iter = 0; fuzz_iter < iters; fuzz_iter++) {
-		vn_csum_select(fuzz_iter % 4 != 3);     /* a quarter on the SSE2 path */
+	tl.in_fuzz = 1;
+	for (tl.fuzz_iter = 0; tl.fuzz_iter < iters; tl.fuzz_iter++) {
+		vn_csum_select(tl.fuzz_iter % 4 != 3);     /* a quarter on the SSE2 path */
 		fuzz_one();
 	}
 	vn_csum_select(1);
 	while (ring_n)
 		free(ring[--ring_n].f);
-	in_fuzz = 0;
+	tl.in_fuzz = 0;
 }
 
 int main(int argc, char **argv)
@@ -1159,7 +1068,7 @@ int main(int argc, char **argv)
 	unsigned long iters = argc > 1 ? strtoul(argv[1], NULL, 0) : FUZZ_ITERS_DEFAULT;
 	uint64_t seed = argc > 2 ? strtoull(argv[2], NULL, 0) : FUZZ_SEED_DEFAULT;
 
-	rng = seed ? seed : FUZZ_SEED_DEFAULT;
+	tl.rng = seed ? seed : FUZZ_SEED_DEFAULT;
 	test_known_answers();
 	/* Both summing paths: the SIMD one this CPU picks, then SSE2/scalar. */
 	test_csum_reference();
@@ -1173,7 +1082,7 @@ int main(int argc, char **argv)
 	test_fuzz(iters);
 	printf("test_offload: %lu checks, %lu failed; fuzz: %lu iterations (seed %#llx), "
 	       "%lu accepted, %lu segmented, %lu checked segment by segment: %s\n",
-	       n_checks, n_fail, iters, (unsigned long long)seed, fz_valid, fz_split,
-	       fz_checked, n_fail ? "FAIL" : "ok");
-	return n_fail ? 1 : 0;
+	       tl.checks, tl.fails, iters, (unsigned long long)seed, fz_valid, fz_split,
+	       fz_checked, tl.fails ? "FAIL" : "ok");
+	return tl.fails ? 1 : 0;
 }

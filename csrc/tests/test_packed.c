@@ -13,40 +13,18 @@
  * real driver (DPDK virtio_user with packed_vq=1) are in the Python tests.
  */
 #define _GNU_SOURCE
-#include <endian.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/mman.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "vn_mem.h"
 #include "vn_netq.h"
 #include "vn_vring.h"
 
-static int failures, checks;
-
-#define CHECK(cond) do { \
-	checks++; \
-	if (!(cond)) { \
-		failures++; \
-		fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-	} \
-} while (0)
-
-#define CHECK_EQ(a, b) do { \
-	long long a_ = (long long)(a), b_ = (long long)(b); \
-	checks++; \
-	if (a_ != b_) { \
-		failures++; \
-		fprintf(stderr, "%s:%d: %s == %lld, expected %s == %lld\n", __FILE__, \
-			__LINE__, #a, a_, #b, b_); \
-	} \
-} while (0)
+#define TL_FAKE_GUEST
+#include "testlib.h"
 
 #define GPA_A 0x100000ULL
 #define SIZE_A (8ULL << 20)
@@ -69,9 +47,7 @@ static int failures, checks;
 
 /* The fake driver's view of one packed ring. */
 struct guest {
-	int memfd;
-	uint8_t *ram;
-	struct vn_mem *mem;
+	struct tl_fake_host h;  /* RAM from GPA_A, memory table, fake tap, call fd */
 	struct vn_vring *vq;
 	uint32_t num;
 	uint32_t avail_slot, avail_wrap;        /* next slot to make available */
@@ -79,7 +55,6 @@ struct guest {
 	uint16_t next_id;
 	uint16_t ndesc_of[MAX_IDS];             /* slots each buffer id took */
 	uint64_t data_next;
-	int tap, peer, call;
 	struct vn_stats st;
 };
 
@@ -92,7 +67,7 @@ struct buf {
 
 static uint8_t *G(struct guest *g, uint64_t gpa)
 {
-	return g->ram + (gpa - GPA_A);
+	return g->h.ram + (gpa - GPA_A);
 }
 
 static uint64_t uaddr_of(uint64_t gpa)
@@ -100,41 +75,17 @@ static uint64_t uaddr_of(uint64_t gpa)
 	return UADDR_A + (gpa - GPA_A);
 }
 
-static void put16(uint8_t *p, uint16_t v)
-{
-	v = htole16(v);
-	memcpy(p, &v, 2);
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-	uint16_t v;
-
-	memcpy(&v, p, 2);
-	return le16toh(v);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	uint32_t v;
-
-	memcpy(&v, p, 4);
-	return le32toh(v);
-}
-
 /* Write a packed descriptor {addr, len, id, flags} at @table[@i]. */
 static void desc_put(struct guest *g, uint64_t table, uint32_t i, uint64_t addr, uint32_t len,
 		     uint16_t id, uint16_t flags)
 {
 	uint8_t *d = G(g, table + (uint64_t)i * 16);
-	uint64_t a = htole64(addr);
-	uint32_t l = htole32(len);
 
-	memcpy(d, &a, 8);
-	memcpy(d + 8, &l, 4);
-	put16(d + 12, id);
+	tl_put_le64(d, addr);
+	tl_put_le32(d + 8, len);
+	tl_put_le16(d + 12, id);
 	__atomic_thread_fence(__ATOMIC_RELEASE);
-	put16(d + 14, flags);
+	tl_put_le16(d + 14, flags);
 }
 
 static uint16_t avail_bits(uint32_t wrap)
@@ -144,12 +95,7 @@ static uint16_t avail_bits(uint32_t wrap)
 
 static uint64_t alloc_buf(struct guest *g, uint64_t len)
 {
-	uint64_t a = g->data_next;
-
-	g->data_next += (len + 63) & ~63ULL;
-	if (g->data_next > GPA_A + SIZE_A)
-		abort();
-	return a;
+	return tl_bump_alloc(&g->data_next, len, GPA_A + SIZE_A);
 }
 
 static uint64_t buf_with(struct guest *g, const void *data, uint32_t len)
@@ -184,7 +130,7 @@ static uint32_t add_chain_id(struct guest *g, const struct buf *b, int n, uint16
 	g->avail_slot = slot;
 	g->avail_wrap = wrap;
 	__atomic_thread_fence(__ATOMIC_RELEASE);
-	put16(G(g, RING_DESC + (uint64_t)head * 16 + 14),
+	tl_put_le16(G(g, RING_DESC + (uint64_t)head * 16 + 14),
 	      (uint16_t)(b[0].flags | (n > 1 ? D_NEXT : 0) | avail_bits(head_wrap)));
 	return head;
 }
@@ -206,14 +152,14 @@ static uint32_t add_chain(struct guest *g, const struct buf *b, int n)
 static int get_used(struct guest *g, uint16_t *id, uint32_t *len)
 {
 	const uint8_t *d = G(g, RING_DESC + (uint64_t)g->used_slot * 16);
-	uint16_t fl = get16(d + 14);
+	uint16_t fl = tl_get_le16(d + 14);
 	uint32_t i;
 
 	if (((fl & D_AVAIL) != 0) != g->used_wrap || ((fl & D_USED) != 0) != g->used_wrap)
 		return 0;
 	__atomic_thread_fence(__ATOMIC_ACQUIRE);
-	*id = get16(d + 12);
-	*len = get32(d + 8);
+	*id = tl_get_le16(d + 12);
+	*len = tl_get_le32(d + 8);
 	for (i = 0; i < g->ndesc_of[*id % MAX_IDS] && i < g->num; i++) {
 		if (++g->used_slot == g->num) {
 			g->used_slot = 0;
@@ -225,67 +171,44 @@ static int get_used(struct guest *g, uint16_t *id, uint32_t *len)
 
 static int setup(struct guest *g, uint16_t base, uint64_t features)
 {
-	return vn_vring_setup(g->vq, g->mem, g->num, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
+	return vn_vring_setup(g->vq, g->h.mem, g->num, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
 			      uaddr_of(DEVICE_EV), base, features);
 }
 
 static struct guest *guest_new(uint32_t num, uint64_t features)
 {
 	struct guest *g = calloc(1, sizeof(*g));
-	int sv[2];
 
 	if (!g)
 		abort();
-	g->memfd = memfd_create("vn-test-packed", MFD_CLOEXEC);
-	if (g->memfd < 0 || ftruncate(g->memfd, (off_t)SIZE_A) < 0)
-		abort();
-	g->ram = mmap(NULL, SIZE_A, PROT_READ | PROT_WRITE, MAP_SHARED, g->memfd, 0);
-	if (g->ram == MAP_FAILED)
-		abort();
-	g->mem = malloc(sizeof(*g->mem));
-	vn_mem_init(g->mem);
-	CHECK_EQ(vn_mem_map_region(g->mem, g->memfd, GPA_A, SIZE_A, UADDR_A, 0), 0);
+	tl_fake_host_init(&g->h, "vn-test-packed", SIZE_A);
+	CHECK_EQ(vn_mem_map_region(g->h.mem, g->h.memfd, GPA_A, SIZE_A, UADDR_A, 0), 0);
 	g->vq = vn_vring_new();
 	g->num = num;
 	g->avail_wrap = g->used_wrap = 1;      /* wrap counters start at 1 (2.8.1) */
 	g->data_next = DATA_START;
-	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
-		abort();
-	g->tap = sv[0];
-	g->peer = sv[1];
-	g->call = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	CHECK_EQ(setup(g, (uint16_t)(1u << VN_VRING_PACKED_WRAP_BIT), features | F_PACKED), 0);
-	g->vq->call_fd = g->call;
+	g->vq->call_fd = g->h.call;
 	return g;
 }
 
 static void guest_free(struct guest *g)
 {
 	vn_vring_free(g->vq);
-	vn_mem_unmap_all(g->mem);
-	free(g->mem);
-	munmap(g->ram, SIZE_A);
-	close(g->memfd);
-	close(g->tap);
-	close(g->peer);
-	close(g->call);
+	tl_fake_host_free(&g->h);
 	free(g);
 }
 
 static int calls(struct guest *g)
 {
-	uint64_t v = 0;
-
-	if (read(g->call, &v, sizeof(v)) != sizeof(v))
-		return 0;
-	return (int)v;
+	return tl_fake_host_calls(&g->h);
 }
 
 static void drain_peer(struct guest *g)
 {
 	uint8_t sink[70000];
 
-	while (read(g->peer, sink, sizeof(sink)) > 0)
+	while (read(g->h.peer, sink, sizeof(sink)) > 0)
 		;
 }
 
@@ -336,9 +259,9 @@ static void test_tx_basic(void)
 	uint32_t len;
 
 	tx_packet(g, 64, 1, 1);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 	make_frame(want, 64, 1);
-	CHECK_EQ(read(g->peer, out, sizeof(out)), HDR + 64);
+	CHECK_EQ(read(g->h.peer, out, sizeof(out)), HDR + 64);
 	CHECK(memcmp(out + HDR, want, 64) == 0);
 	CHECK(get_used(g, &id, &len));
 	CHECK_EQ(id, 0);
@@ -358,10 +281,10 @@ static void test_tx_basic(void)
 		b[2] = (struct buf){ buf_with(g, pkt + 505, HDR + 1514 - 505), HDR + 1514 - 505, 0 };
 		add_chain_id(g, b, 3, 77);
 		/* Only the last descriptor's id counts: scribble the others'. */
-		put16(G(g, RING_DESC + 1 * 16 + 12), 5);
-		put16(G(g, RING_DESC + 2 * 16 + 12), 6);
-		CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
-		CHECK_EQ(read(g->peer, out, sizeof(out)), HDR + 1514);
+		tl_put_le16(G(g, RING_DESC + 1 * 16 + 12), 5);
+		tl_put_le16(G(g, RING_DESC + 2 * 16 + 12), 6);
+		CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
+		CHECK_EQ(read(g->h.peer, out, sizeof(out)), HDR + 1514);
 		CHECK(memcmp(out, pkt, HDR + 1514) == 0);
 		CHECK(get_used(g, &id, &len));
 		CHECK_EQ(id, 77);
@@ -385,10 +308,10 @@ static void test_tx_wrap(uint32_t num)
 
 		for (k = 0; k < n; k++)
 			tx_packet(g, 60 + (size_t)round, (uint8_t)round, 1 + (round + k) % most);
-		CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), n);
+		CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), n);
 		for (k = 0; k < n; k++) {
 			make_frame(want, 60 + (size_t)round, (uint8_t)round);
-			CHECK_EQ(read(g->peer, out, sizeof(out)), HDR + 60 + round);
+			CHECK_EQ(read(g->h.peer, out, sizeof(out)), HDR + 60 + round);
 			CHECK(memcmp(out + HDR, want, 60 + (size_t)round) == 0);
 			CHECK(get_used(g, &id, &len));
 			got++;
@@ -418,8 +341,8 @@ static void test_tx_indirect(void)
 	desc_put(g, table, 2, buf_with(g, pkt + HDR + 700, 814), 814, 0, D_NEXT);
 	b = (struct buf){ table, 48, D_IND };
 	add_chain_id(g, &b, 1, 9);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
-	CHECK_EQ(read(g->peer, out, sizeof(out)), HDR + 1514);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
+	CHECK_EQ(read(g->h.peer, out, sizeof(out)), HDR + 1514);
 	CHECK(memcmp(out, pkt, HDR + 1514) == 0);
 	CHECK(get_used(g, &id, &len));
 	CHECK_EQ(id, 9);
@@ -447,7 +370,7 @@ static void test_tx_bad_buffers(void)
 	for (i = 0; i < VN_CHAIN_MAX_IOV + 8; i++)          /* more pieces than iovecs */
 		many[i] = (struct buf){ alloc_buf(g, 1), 1, 0 };
 	add_chain(g, many, VN_CHAIN_MAX_IOV + 8);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 5);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 5);
 	CHECK_EQ(g->st.drops[VN_DROP_DESC_ADDR], 2);
 	CHECK_EQ(g->st.drops[VN_DROP_DIRECTION], 1);
 	CHECK_EQ(g->st.drops[VN_DROP_HDR_SHORT], 1);
@@ -458,7 +381,7 @@ static void test_tx_bad_buffers(void)
 	CHECK_EQ(g->vq->broken, 0);
 	/* The ring still works. */
 	tx_packet(g, 100, 4, 2);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 	CHECK_EQ(g->st.packets, 1);
 	guest_free(g);
 }
@@ -474,13 +397,13 @@ static void test_wrap_misuse(void)
 	memset(G(g, a), 0, 100);
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		desc_put(g, RING_DESC, 0, a, 100, 0, bad[i]);
-		CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 0);
+		CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 0);
 		CHECK_EQ(vn_vring_avail_count(g->vq), 0);
 	}
 	CHECK_EQ(g->vq->broken, 0);
 	/* The right one is taken. */
 	desc_put(g, RING_DESC, 0, a, 100, 0, D_AVAIL);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 	/* Our used descriptor (AVAIL|USED) is not taken again in the next pass. */
 	CHECK_EQ(vn_vring_avail_count(g->vq), 0);
 	drain_peer(g);
@@ -600,9 +523,9 @@ static void test_broken_rings(void)
 
 			bc->build(g);
 			if (rx)
-				rc = vn_rx_fill(g->vq, g->mem, g->tap, &RX_MRG, &g->st, 64);
+				rc = vn_rx_fill(g->vq, g->h.mem, g->h.tap, &RX_MRG, &g->st, 64);
 			else
-				rc = vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64);
+				rc = vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64);
 			if (rc != -EIO || g->vq->broken != bc->reason)
 				fprintf(stderr, "case %s (%s): rc %d broken %d\n", bc->name,
 					rx ? "rx" : "tx", rc, g->vq->broken);
@@ -610,7 +533,7 @@ static void test_broken_rings(void)
 			CHECK_EQ(g->vq->broken, bc->reason);
 			CHECK_EQ(g->st.ring_errors[bc->reason], 1);
 			/* Broken stays broken until set up again. */
-			CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), -EIO);
+			CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), -EIO);
 			CHECK_EQ(vn_vring_avail_count(g->vq), -1);
 			vn_vring_reset(g->vq);
 			/* Set up again on a cleaned ring (a setup looks at the ring:
@@ -642,8 +565,8 @@ static void test_in_flight_overflow(void)
 	CHECK_EQ(vn_vring_avail_count(g->vq), (int)g->num);
 	desc_put(g, RING_DESC, 0, b.addr, 100, 0, D_USED | D_WRITE);
 	memset(pkt, 0, sizeof(pkt));
-	CHECK_EQ(write(g->peer, pkt, sizeof(pkt)), sizeof(pkt));
-	CHECK_EQ(vn_rx_fill(g->vq, g->mem, g->tap, &RX_MRG, &g->st, 64), -ENOBUFS);
+	CHECK_EQ(write(g->h.peer, pkt, sizeof(pkt)), sizeof(pkt));
+	CHECK_EQ(vn_rx_fill(g->vq, g->h.mem, g->h.tap, &RX_MRG, &g->st, 64), -ENOBUFS);
 	CHECK_EQ(vn_vring_avail_count(g->vq), (int)g->num);
 	CHECK_EQ(g->vq->broken, 0);
 	drain_peer(g);
@@ -654,7 +577,7 @@ static void test_in_flight_overflow(void)
 	b.addr = alloc_buf(g, 100);
 	b.flags = 0;
 	add_chain_id(g, &b, 1, 16);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), -EIO);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), -EIO);
 	CHECK_EQ(g->st.packets, 1);
 	CHECK_EQ(g->vq->broken, VN_RING_HEAD);
 	CHECK_EQ(g->st.ring_errors[VN_RING_HEAD], 1);
@@ -680,7 +603,7 @@ static void tap_inject(struct guest *g, size_t flen, uint8_t seed)
 
 	memset(pkt, 0, HDR);
 	make_frame(pkt + HDR, flen, seed);
-	CHECK_EQ(write(g->peer, pkt, HDR + flen), HDR + flen);
+	CHECK_EQ(write(g->h.peer, pkt, HDR + flen), HDR + flen);
 }
 
 static void test_rx_mrg(void)
@@ -699,7 +622,7 @@ static void test_rx_mrg(void)
 		for (i = 0; i < 4; i++)
 			a[i] = rx_post(g, 1000);
 		tap_inject(g, 2500 - HDR, (uint8_t)round);
-		CHECK_EQ(vn_rx_fill(g->vq, g->mem, g->tap, &cfg, &g->st, 64), 1);
+		CHECK_EQ(vn_rx_fill(g->vq, g->h.mem, g->h.tap, &cfg, &g->st, 64), 1);
 		at = 0;
 		for (i = 0; i < 3; i++) {
 			CHECK(get_used(g, &id, &len));
@@ -708,12 +631,12 @@ static void test_rx_mrg(void)
 			at += len;
 		}
 		CHECK(!get_used(g, &id, &len));
-		CHECK_EQ(get16(got + 10), 3);   /* num_buffers */
+		CHECK_EQ(tl_get_le16(got + 10), 3);   /* num_buffers */
 		make_frame(want, 2500 - HDR, (uint8_t)round);
 		CHECK(memcmp(got + HDR, want, 2500 - HDR) == 0);
 		/* The fourth buffer stays posted: a 64-byte frame lands in it. */
 		tap_inject(g, 64, 7);
-		CHECK_EQ(vn_rx_fill(g->vq, g->mem, g->tap, &cfg, &g->st, 64), 1);
+		CHECK_EQ(vn_rx_fill(g->vq, g->h.mem, g->h.tap, &cfg, &g->st, 64), 1);
 		CHECK(get_used(g, &id, &len));
 		CHECK_EQ(len, HDR + 64);
 	}
@@ -737,7 +660,7 @@ static void test_rx_bad_buffers(void)
 	add_chain(g, &b, 1);
 	rx_post(g, 2048);
 	tap_inject(g, 1514, 1);
-	CHECK_EQ(vn_rx_fill(g->vq, g->mem, g->tap, &cfg, &g->st, 64), 1);
+	CHECK_EQ(vn_rx_fill(g->vq, g->h.mem, g->h.tap, &cfg, &g->st, 64), 1);
 	CHECK_EQ(g->st.drops[VN_DROP_DIRECTION], 1);
 	CHECK_EQ(g->st.drops[VN_DROP_DESC_ADDR], 1);
 	CHECK_EQ(g->st.drops[VN_DROP_RX_BUF_SHORT], 1);
@@ -762,7 +685,7 @@ static void test_base(void)
 	/* Five single-descriptor chains through a 4-slot ring: slot 1, wrap 0. */
 	for (i = 0; i < 5; i++) {
 		tx_packet(g, 64, 1, 1);
-		CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+		CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 		CHECK(get_used(g, &id, &len));
 	}
 	drain_peer(g);
@@ -771,7 +694,7 @@ static void test_base(void)
 	/* Resume there: the next chain is taken. */
 	CHECK_EQ(setup(g, base, F_PACKED), 0);
 	tx_packet(g, 64, 2, 1);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 	CHECK(get_used(g, &id, &len));
 	drain_peer(g);
 	/* RX: two chains seen, one consumed: the base is the other one's slot. */
@@ -780,14 +703,14 @@ static void test_base(void)
 	rx_post(g, 2000);                       /* slots 2, 3 (wrap 0) */
 	cfg.max_pkt = 2000;
 	tap_inject(g, 100, 1);
-	CHECK_EQ(vn_rx_fill(g->vq, g->mem, g->tap, &cfg, &g->st, 64), 1);
+	CHECK_EQ(vn_rx_fill(g->vq, g->h.mem, g->h.tap, &cfg, &g->st, 64), 1);
 	CHECK(get_used(g, &id, &len));
 	CHECK_EQ(vn_vring_avail_count(g->vq), 1);
 	CHECK_EQ(vn_vring_reset(g->vq), 3);
 	/* After a full pass the wrap bit is back. */
 	CHECK_EQ(setup(g, 3, F_PACKED), 0);
 	tap_inject(g, 100, 2);
-	CHECK_EQ(vn_rx_fill(g->vq, g->mem, g->tap, &cfg, &g->st, 64), 1);
+	CHECK_EQ(vn_rx_fill(g->vq, g->h.mem, g->h.tap, &cfg, &g->st, 64), 1);
 	CHECK(get_used(g, &id, &len));
 	CHECK_EQ(vn_vring_reset(g->vq), 1u << VN_VRING_PACKED_WRAP_BIT);
 	/* A base slot outside the ring is refused. */
@@ -804,36 +727,36 @@ static void test_setup_refusals(void)
 
 	vn_vring_reset(g->vq);
 	/* Sizes: 1..32768, any (not only powers of two). */
-	CHECK_EQ(vn_vring_setup(g->vq, g->mem, 0, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
+	CHECK_EQ(vn_vring_setup(g->vq, g->h.mem, 0, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
 				uaddr_of(DEVICE_EV), (uint16_t)wrap, F_PACKED), -EINVAL);
-	CHECK_EQ(vn_vring_setup(g->vq, g->mem, 32769, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
+	CHECK_EQ(vn_vring_setup(g->vq, g->h.mem, 32769, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
 				uaddr_of(DEVICE_EV), (uint16_t)wrap, F_PACKED), -EINVAL);
-	CHECK_EQ(vn_vring_setup(g->vq, g->mem, 300, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
+	CHECK_EQ(vn_vring_setup(g->vq, g->h.mem, 300, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
 				uaddr_of(DEVICE_EV), (uint16_t)wrap, F_PACKED), 0);
 	vn_vring_reset(g->vq);
 	/* Alignment: ring 16, event structures 4. */
-	CHECK_EQ(vn_vring_setup(g->vq, g->mem, 256, uaddr_of(RING_DESC + 8), uaddr_of(DRIVER_EV),
+	CHECK_EQ(vn_vring_setup(g->vq, g->h.mem, 256, uaddr_of(RING_DESC + 8), uaddr_of(DRIVER_EV),
 				uaddr_of(DEVICE_EV), (uint16_t)wrap, F_PACKED), -EINVAL);
-	CHECK_EQ(vn_vring_setup(g->vq, g->mem, 256, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV + 2),
+	CHECK_EQ(vn_vring_setup(g->vq, g->h.mem, 256, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV + 2),
 				uaddr_of(DEVICE_EV), (uint16_t)wrap, F_PACKED), -EINVAL);
-	CHECK_EQ(vn_vring_setup(g->vq, g->mem, 256, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
+	CHECK_EQ(vn_vring_setup(g->vq, g->h.mem, 256, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
 				uaddr_of(DEVICE_EV + 2), (uint16_t)wrap, F_PACKED), -EINVAL);
 	/* Outside memory: the ring's end, an event structure. */
-	CHECK_EQ(vn_vring_setup(g->vq, g->mem, 256, uaddr_of(GPA_A + SIZE_A - 16 * 255),
+	CHECK_EQ(vn_vring_setup(g->vq, g->h.mem, 256, uaddr_of(GPA_A + SIZE_A - 16 * 255),
 				uaddr_of(DRIVER_EV), uaddr_of(DEVICE_EV), (uint16_t)wrap, F_PACKED),
 		 -EFAULT);
-	CHECK_EQ(vn_vring_setup(g->vq, g->mem, 256, uaddr_of(RING_DESC), UADDR_A - 4,
+	CHECK_EQ(vn_vring_setup(g->vq, g->h.mem, 256, uaddr_of(RING_DESC), UADDR_A - 4,
 				uaddr_of(DEVICE_EV), (uint16_t)wrap, F_PACKED), -EFAULT);
-	CHECK_EQ(vn_vring_setup(g->vq, g->mem, 256, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
+	CHECK_EQ(vn_vring_setup(g->vq, g->h.mem, 256, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
 				uaddr_of(GPA_A + SIZE_A - 2), (uint16_t)wrap, F_PACKED), -EFAULT);
 	CHECK_EQ(g->vq->ready, 0);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), -EINVAL);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), -EINVAL);
 	/* A split ring is refused a size that is not a power of two, as before. */
-	CHECK_EQ(vn_vring_setup(g->vq, g->mem, 300, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
+	CHECK_EQ(vn_vring_setup(g->vq, g->h.mem, 300, uaddr_of(RING_DESC), uaddr_of(DRIVER_EV),
 				uaddr_of(DEVICE_EV), 0, 0), -EINVAL);
 	/* Translation follows a memory table change. */
 	CHECK_EQ(setup(g, (uint16_t)wrap, F_PACKED), 0);
-	CHECK_EQ(vn_vring_translate(g->vq, g->mem), 0);
+	CHECK_EQ(vn_vring_translate(g->vq, g->h.mem), 0);
 	CHECK_EQ(g->vq->ready, 1);
 	guest_free(g);
 }
@@ -847,27 +770,27 @@ static void test_notify(void)
 	uint32_t len;
 
 	/* Ours: kicks enabled after setup; DISABLE while polling. */
-	CHECK_EQ(get16(G(g, DEVICE_EV + 2)), VN_VRING_EVENT_F_ENABLE);
+	CHECK_EQ(tl_get_le16(G(g, DEVICE_EV + 2)), VN_VRING_EVENT_F_ENABLE);
 	vn_vring_notify_disable(g->vq);
-	CHECK_EQ(get16(G(g, DEVICE_EV + 2)), VN_VRING_EVENT_F_DISABLE);
+	CHECK_EQ(tl_get_le16(G(g, DEVICE_EV + 2)), VN_VRING_EVENT_F_DISABLE);
 	CHECK_EQ(vn_vring_notify_enable(g->vq), 0);
-	CHECK_EQ(get16(G(g, DEVICE_EV + 2)), VN_VRING_EVENT_F_ENABLE);
+	CHECK_EQ(tl_get_le16(G(g, DEVICE_EV + 2)), VN_VRING_EVENT_F_ENABLE);
 	tx_packet(g, 64, 1, 1);
 	CHECK_EQ(vn_vring_notify_enable(g->vq), 1);     /* work arrived: do not sleep */
 	/* The guest's: DISABLE suppresses, ENABLE notifies. */
-	put16(G(g, DRIVER_EV + 2), VN_VRING_EVENT_F_DISABLE);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+	tl_put_le16(G(g, DRIVER_EV + 2), VN_VRING_EVENT_F_DISABLE);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 	CHECK_EQ(calls(g), 0);
 	CHECK_EQ(g->st.notify_suppressed, 1);
-	put16(G(g, DRIVER_EV + 2), VN_VRING_EVENT_F_ENABLE);
+	tl_put_le16(G(g, DRIVER_EV + 2), VN_VRING_EVENT_F_ENABLE);
 	tx_packet(g, 64, 1, 1);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 	CHECK_EQ(calls(g), 1);
 	/* DESC without EVENT_IDX negotiated is not honoured: notify. */
-	put16(G(g, DRIVER_EV + 2), VN_VRING_EVENT_F_DESC);
-	put16(G(g, DRIVER_EV), 15);
+	tl_put_le16(G(g, DRIVER_EV + 2), VN_VRING_EVENT_F_DESC);
+	tl_put_le16(G(g, DRIVER_EV), 15);
 	tx_packet(g, 64, 1, 1);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 	CHECK_EQ(calls(g), 1);
 	while (get_used(g, &id, &len))
 		;
@@ -877,37 +800,37 @@ static void test_notify(void)
 	/* With EVENT_IDX. */
 	g = guest_new(4, F_EVENT_IDX);
 	/* Ours: DESC at the first slot not seen available (slot 0, wrap 1). */
-	CHECK_EQ(get16(G(g, DEVICE_EV + 2)), VN_VRING_EVENT_F_DESC);
-	CHECK_EQ(get16(G(g, DEVICE_EV)), 0x8000);
+	CHECK_EQ(tl_get_le16(G(g, DEVICE_EV + 2)), VN_VRING_EVENT_F_DESC);
+	CHECK_EQ(tl_get_le16(G(g, DEVICE_EV)), 0x8000);
 	/* The guest wants a notification once the used descriptor at slot 2
 	 * (wrap 1) is written. */
-	put16(G(g, DRIVER_EV + 2), VN_VRING_EVENT_F_DESC);
-	put16(G(g, DRIVER_EV), 0x8000 | 2);
+	tl_put_le16(G(g, DRIVER_EV + 2), VN_VRING_EVENT_F_DESC);
+	tl_put_le16(G(g, DRIVER_EV), 0x8000 | 2);
 	tx_packet(g, 64, 1, 1);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 	CHECK_EQ(calls(g), 1);                  /* first ever: always */
-	CHECK_EQ(get16(G(g, DEVICE_EV)), 0x8000 | 1);  /* kick request follows */
+	CHECK_EQ(tl_get_le16(G(g, DEVICE_EV)), 0x8000 | 1);  /* kick request follows */
 	tx_packet(g, 64, 1, 1);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 	CHECK_EQ(calls(g), 0);                  /* wrote slot 1 only */
 	tx_packet(g, 64, 1, 1);
 	tx_packet(g, 64, 1, 1);                 /* slots 2, 3 */
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 2);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 2);
 	CHECK_EQ(calls(g), 1);                  /* slot 2 written */
-	CHECK_EQ(get16(G(g, DEVICE_EV)), 0);    /* slot 0, wrap 0 */
+	CHECK_EQ(tl_get_le16(G(g, DEVICE_EV)), 0);    /* slot 0, wrap 0 */
 	/* Same slot, other wrap counter: not yet. */
-	put16(G(g, DRIVER_EV), 0x8000 | 1);
+	tl_put_le16(G(g, DRIVER_EV), 0x8000 | 1);
 	tx_packet(g, 64, 1, 1);                 /* slot 0, wrap 0 */
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 	CHECK_EQ(calls(g), 0);
-	put16(G(g, DRIVER_EV), 1);              /* slot 1, wrap 0 */
+	tl_put_le16(G(g, DRIVER_EV), 1);              /* slot 1, wrap 0 */
 	tx_packet(g, 64, 1, 1);
-	CHECK_EQ(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64), 1);
+	CHECK_EQ(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64), 1);
 	CHECK_EQ(calls(g), 1);
 	/* A hostile offset (beyond the ring) only decides notifications. */
-	put16(G(g, DRIVER_EV), 0x7fff);
+	tl_put_le16(G(g, DRIVER_EV), 0x7fff);
 	tx_packet(g, 64, 1, 1);
-	CHECK(vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, 64) == 1);
+	CHECK(vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, 64) == 1);
 	while (get_used(g, &id, &len))
 		;
 	drain_peer(g);
@@ -920,10 +843,7 @@ static uint64_t rnd_state = 0x9e3779b97f4a7c15ULL;
 
 static uint64_t rnd(void)
 {
-	rnd_state ^= rnd_state << 13;
-	rnd_state ^= rnd_state >> 7;
-	rnd_state ^= rnd_state << 17;
-	return rnd_state;
+	return tl_xorshift64(&rnd_state);
 }
 
 #define FUZZ_NUM 16
@@ -946,12 +866,12 @@ static void fuzz_scramble(struct guest *g)
 		desc_put(g, RING_DESC, i, addr, len, (uint16_t)(rnd() % (FUZZ_NUM + 2)), fl);
 	}
 	if (rnd() % 4 == 0)
-		put16(G(g, DRIVER_EV + 2 * (rnd() & 1)), (uint16_t)rnd());
+		tl_put_le16(G(g, DRIVER_EV + 2 * (rnd() & 1)), (uint16_t)rnd());
 	if (rnd() % 4 == 0) {
 		uint8_t pkt[HDR + 1600];
 
 		memset(pkt, 0, sizeof(pkt));
-		(void)!write(g->peer, pkt, HDR + rnd() % 1600);
+		(void)!write(g->h.peer, pkt, HDR + rnd() % 1600);
 	}
 }
 
@@ -969,13 +889,13 @@ static void test_fuzz(void)
 		fuzz_scramble(g);
 		rxc.mrg_rxbuf = (uint32_t)(rnd() & 1);
 		if (rnd() & 1)
-			rc = vn_tx_drain(g->vq, g->mem, g->tap, &TX_VNET, &g->st, budget);
+			rc = vn_tx_drain(g->vq, g->h.mem, g->h.tap, &TX_VNET, &g->st, budget);
 		else
-			rc = vn_rx_fill(g->vq, g->mem, g->tap, &rxc, &g->st, budget);
+			rc = vn_rx_fill(g->vq, g->h.mem, g->h.tap, &rxc, &g->st, budget);
 		CHECK(rc >= 0 || rc == -EIO || rc == -ENOBUFS);
 		drain_peer(g);
 		if (rnd() % 8 == 0)
-			vn_rx_discard(g->vq, g->tap, &g->st, 64);
+			vn_rx_discard(g->vq, g->h.tap, &g->st, 64);
 		if (g->vq->broken || rnd() % 64 == 0) {
 			uint16_t base;
 
@@ -1008,6 +928,6 @@ int main(void)
 	test_setup_refusals();
 	test_notify();
 	test_fuzz();
-	printf("test_packed: %d checks, %d failures\n", checks, failures);
-	return failures ? 1 : 0;
+	printf("test_packed: %lu checks, %lu failures\n", tl.checks, tl.fails);
+	return tl.fails ? 1 : 0;
 }

@@ -38,97 +38,24 @@
 #include "vn_pkt.h"
 #include "vn_rsc.h"
 
+/* Failures printed before going quiet (the count is still reported). */
+#define TL_MAX_REPORTED 40ul
+#define TL_FUZZ_WHAT "fuzz stream"
+#include "testlib.h"
+
 /* Fuzz streams by default: ~1 s at -O2, ~20 s under ASan on this machine. */
 #define FUZZ_ITERS_DEFAULT 4000ul
 #define FUZZ_SEED_DEFAULT 0x2545f4914f6cdd1dull
 /* Frames per fuzz stream, at most. */
 #define FUZZ_STREAM_MAX 160
-#define MAX_REPORTED 40
 #define MSS 1448
 #define US 1000ull
 /* Room for any segment the builder makes: Ethernet, 2 tags, IPv6, TCP + options, payload. */
 #define SEG_MAX (14 + 8 + 40 + 60 + 9000)
 #define OUT_MAX (VN_RSC_MAX_FLOWS + 4)
 
-static unsigned long n_checks, n_fail, fuzz_iter;
 /* What the fuzz reached: coalesced units split back, frames accounted for. */
 static unsigned long fz_units, fz_frames;
-static int in_fuzz;
-
-static int check_(int ok, const char *what, int line)
-{
-	n_checks++;
-	if (ok)
-		return 1;
-	if (++n_fail <= MAX_REPORTED) {
-		if (in_fuzz)
-			fprintf(stderr, "test_rsc.c:%d: FAIL (fuzz stream %lu): %s\n", line,
-				fuzz_iter, what);
-		else
-			fprintf(stderr, "test_rsc.c:%d: FAIL: %s\n", line, what);
-	}
-	return 0;
-}
-
-#define CHECK(cond) check_((cond) != 0, #cond, __LINE__)
-
-static uint64_t rng;
-
-static uint64_t rnd(void)
-{
-	rng ^= rng >> 12;
-	rng ^= rng << 25;
-	rng ^= rng >> 27;
-	return rng * 0x2545f4914f6cdd1dull;
-}
-
-static uint32_t rnd_below(uint32_t n)
-{
-	return (uint32_t)(rnd() % n);
-}
-
-static void *xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-
-	if (!p) {
-		perror("malloc");
-		exit(2);
-	}
-	return p;
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static void put16(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, v >> 16);
-	put16(p + 2, v);
-}
-
-/* Byte-at-a-time RFC 1071 sum, folded, not inverted (big-endian value). */
-static uint16_t ref_sum(const uint8_t *p, size_t n, uint32_t init)
-{
-	uint64_t s = init;
-	size_t i;
-
-	for (i = 0; i + 1 < n; i += 2)
-		s += (uint32_t)(p[i] << 8 | p[i + 1]);
-	if (n & 1)
-		s += (uint32_t)p[n - 1] << 8;
-	while (s >> 16)
-		s = (s & 0xffff) + (s >> 16);
-	return (uint16_t)s;
-}
 
 /* ---- segment builder ----------------------------------------------------- */
 
@@ -166,16 +93,16 @@ static uint16_t pseudo_ref(const uint8_t *ip, int version, size_t tcp_len)
 		memcpy(ph, ip + 12, 8);
 		ph[8] = 0;
 		ph[9] = 6;
-		put16(ph + 10, (uint32_t)tcp_len);
+		tl_put_be16(ph + 10, (uint32_t)tcp_len);
 		n = 12;
 	} else {
 		memcpy(ph, ip + 8, 32);
-		put32(ph + 32, (uint32_t)tcp_len);
+		tl_put_be32(ph + 32, (uint32_t)tcp_len);
 		ph[36] = ph[37] = ph[38] = 0;
 		ph[39] = 6;
 		n = 40;
 	}
-	return ref_sum(ph, n, 0);
+	return tl_ref_sum(ph, n, 0);
 }
 
 /* Build one segment of @fl into @f; return its length. */
@@ -187,24 +114,24 @@ static size_t build_seg(uint8_t *f, const struct flow *fl, const struct segspec 
 
 	memcpy(f, "\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01", 12);
 	for (i = 0; i < (size_t)fl->vlans; i++) {
-		put16(f + 12 + 4 * i, i + 1 < (size_t)fl->vlans ? 0x88a8 : 0x8100);
-		put16(f + 14 + 4 * i, 100 + (uint32_t)i);
+		tl_put_be16(f + 12 + 4 * i, i + 1 < (size_t)fl->vlans ? 0x88a8 : 0x8100);
+		tl_put_be16(f + 14 + 4 * i, 100 + (uint32_t)i);
 	}
-	put16(f + l3 - 2, fl->version == 4 ? 0x0800 : 0x86dd);
+	tl_put_be16(f + l3 - 2, fl->version == 4 ? 0x0800 : 0x86dd);
 	if (fl->version == 4) {
 		ip[0] = 0x45;
 		ip[1] = 0;
-		put16(ip + 2, (uint32_t)(iph + thl + sp->plen));
-		put16(ip + 4, sp->ipid);
-		put16(ip + 6, 0x4000);
+		tl_put_be16(ip + 2, (uint32_t)(iph + thl + sp->plen));
+		tl_put_be16(ip + 4, sp->ipid);
+		tl_put_be16(ip + 6, 0x4000);
 		ip[8] = sp->ttl;
 		ip[9] = 6;
-		put16(ip + 10, 0);
+		tl_put_be16(ip + 10, 0);
 		memcpy(ip + 12, "\xc6\x12\x00\x01\xc6\x12\x00\x02", 8);
-		put16(ip + 10, (uint16_t)~ref_sum(ip, 20, 0));
+		tl_put_be16(ip + 10, (uint16_t)~tl_ref_sum(ip, 20, 0));
 	} else {
-		put32(ip, 0x60000000);
-		put16(ip + 4, (uint32_t)(thl + sp->plen));
+		tl_put_be32(ip, 0x60000000);
+		tl_put_be16(ip + 4, (uint32_t)(thl + sp->plen));
 		ip[6] = 6;
 		ip[7] = sp->ttl;
 		memset(ip + 8, 0, 32);
@@ -212,23 +139,23 @@ static size_t build_seg(uint8_t *f, const struct flow *fl, const struct segspec 
 		ip[23] = 1;
 		ip[39] = 2;
 	}
-	put16(t, fl->sport);
-	put16(t + 2, 5201);
-	put32(t + 4, sp->seq);
-	put32(t + 8, sp->ack);
+	tl_put_be16(t, fl->sport);
+	tl_put_be16(t + 2, 5201);
+	tl_put_be32(t + 4, sp->seq);
+	tl_put_be32(t + 8, sp->ack);
 	t[12] = (uint8_t)((thl / 4) << 4);
 	t[13] = sp->flags;
-	put16(t + 14, sp->window);
-	put16(t + 16, 0);
-	put16(t + 18, 0);
+	tl_put_be16(t + 14, sp->window);
+	tl_put_be16(t + 16, 0);
+	tl_put_be16(t + 18, 0);
 	if (sp->opts) {
 		memcpy(t + 20, "\x01\x01\x08\x0a", 4);
-		put32(t + 24, sp->tsval);
-		put32(t + 28, 77);
+		tl_put_be32(t + 24, sp->tsval);
+		tl_put_be32(t + 28, 77);
 	}
 	for (i = 0; i < sp->plen; i++)
 		t[thl + i] = (uint8_t)(sp->seq + i * 7);
-	put16(t + 16, (uint16_t)~ref_sum(t, thl + sp->plen, pseudo_ref(ip, fl->version,
+	tl_put_be16(t + 16, (uint16_t)~tl_ref_sum(t, thl + sp->plen, pseudo_ref(ip, fl->version,
 								 thl + sp->plen)));
 	if (sp->bad_csum)
 		t[16] ^= 0x5a;
@@ -279,7 +206,7 @@ static void test_bulk_gso(int version)
 	size_t lens[46], l4 = 14 + (version == 4 ? 20 : 40);
 	struct vn_rsc_out out[OUT_MAX];
 	uint32_t seg_lens[64];
-	uint8_t *arena = xmalloc(70000 + 64 * 128);
+	uint8_t *arena = tl_xmalloc(70000 + 64 * 128);
 	int i, n = 0, k;
 
 	for (i = 0; i < 46; i++) {
@@ -294,10 +221,10 @@ static void test_bulk_gso(int version)
 	CHECK(out[0].hdr.gso_size == MSS && out[0].hdr.csum_start == l4);
 	CHECK(out[0].hdr.csum_offset == 16 && out[0].hdr.hdr_len == l4 + 20);
 	CHECK(out[0].len == l4 + 20 + 45 * MSS);
-	CHECK(get16(out[0].data + l4 + 16) ==
+	CHECK(tl_get_be16(out[0].data + l4 + 16) ==
 	      pseudo_ref(out[0].data + 14, version, out[0].len - l4));
 	if (version == 4)
-		CHECK(ref_sum(out[0].data + 14, 20, 0) == 0xffff);
+		CHECK(tl_ref_sum(out[0].data + 14, 20, 0) == 0xffff);
 	k = vn_segment(&out[0].hdr, out[0].data, out[0].len, 0, arena, 70000 + 64 * 128,
 		       seg_lens, 64);
 	CHECK(k == 45);
@@ -342,7 +269,7 @@ static void test_rsc_mode(void)
 	CHECK(out[0].hdr.gso_size == 1001 && out[0].hdr.gso_type == VN_GSO_TCPV4);
 	CHECK(out[0].len == 14 + 40 + 5 * 1001 + 333);
 	CHECK(tcp_frame_ok(out[0].data, out[0].len));
-	CHECK(ref_sum(out[0].data + 14 + 20, out[0].len - 34,
+	CHECK(tl_ref_sum(out[0].data + 14 + 20, out[0].len - 34,
 		      pseudo_ref(out[0].data + 14, 4, out[0].len - 34)) == 0xffff);
 	vn_rsc_free(r);
 }
@@ -391,7 +318,7 @@ static void test_bypass_and_finalize(void)
 	size_t n;
 	int k;
 
-	put16(arp + 12, 0x0806);
+	tl_put_be16(arp + 12, 0x0806);
 	k = vn_rsc_push(r, NULL, arp, sizeof(arp), 0, out, OUT_MAX);
 	CHECK(k == 1 && out[0].kind == VN_RSC_OUT_BYPASS && out[0].data == arp);
 	CHECK(vn_rsc_push(r, NULL, f, next_data(f, &fl, MSS, 0x10), 0, out, OUT_MAX) == 0);
@@ -427,7 +354,7 @@ static void test_eviction(void)
 				OUT_MAX);
 		CHECK(k == (i == VN_RSC_MAX_FLOWS ? 1 : 0));
 	}
-	CHECK(get16(out[0].data + 14 + 20) == 1000);     /* the least recently used */
+	CHECK(tl_get_be16(out[0].data + 14 + 20) == 1000);     /* the least recently used */
 	CHECK(vn_rsc_held(r) == VN_RSC_MAX_FLOWS);
 	CHECK(vn_rsc_flush(r, out, 10) == 10);
 	CHECK(vn_rsc_flush(r, out, OUT_MAX) == VN_RSC_MAX_FLOWS - 10);
@@ -457,7 +384,7 @@ static void test_batch(void)
 	struct flow fl[3] = { { 4, 0, 1, 1, 1 }, { 6, 1, 2, 1, 1 }, { 4, 2, 3, 1, 1 } };
 	struct vn_rsc_out bout[2 * N + 8], out[OUT_MAX];
 	size_t cap = 200000, used_b = 0;
-	uint8_t *arena = xmalloc(cap), *single = xmalloc(N * 2 * 21000);
+	uint8_t *arena = tl_xmalloc(cap), *single = tl_xmalloc(N * 2 * 21000);
 	uint32_t consumed, done = 0, nb = 0;
 	size_t pos = 0;
 	int i, k, j, ok = 1;
@@ -548,19 +475,19 @@ static size_t fuzz_segment(uint8_t *f, struct flow *fl)
 					 0x30, 0x50, 0x90, 0x02, 0x00 };
 	struct segspec sp = { .seq = fl->seq, .ack = 7000000, .window = 502, .ipid = fl->ipid,
 			      .ttl = 64, .pad = 1 };
-	uint32_t r = rnd_below(100);
+	uint32_t r = tl_rnd_below(100);
 	size_t n;
 
-	sp.plen = sizes[rnd_below(sizeof(sizes) / sizeof(sizes[0]))];
-	sp.flags = flags[rnd_below(sizeof(flags))];
-	sp.opts = rnd_below(4) == 0;
-	sp.tsval = rnd_below(3);
+	sp.plen = sizes[tl_rnd_below(sizeof(sizes) / sizeof(sizes[0]))];
+	sp.flags = flags[tl_rnd_below(sizeof(flags))];
+	sp.opts = tl_rnd_below(4) == 0;
+	sp.tsval = tl_rnd_below(3);
 	if (r < 4)
 		sp.seq -= MSS;
 	else if (r < 8)
 		sp.seq += MSS;
 	else if (r < 10)
-		sp.ack += rnd_below(3) * 100;
+		sp.ack += tl_rnd_below(3) * 100;
 	else if (r < 12)
 		sp.window = 9;
 	else if (r < 14)
@@ -578,18 +505,18 @@ static size_t fuzz_segment(uint8_t *f, struct flow *fl)
 
 static size_t fuzz_mutate(uint8_t *f, size_t n)
 {
-	int k = 1 + (int)rnd_below(4);
+	int k = 1 + (int)tl_rnd_below(4);
 
 	while (k--) {
-		uint32_t what = rnd_below(10);
+		uint32_t what = tl_rnd_below(10);
 
 		if (what < 6 && n)
-			f[rnd_below((uint32_t)(n < 80 ? n : 80))] = (uint8_t)rnd();
+			f[tl_rnd_below((uint32_t)(n < 80 ? n : 80))] = (uint8_t)tl_rnd();
 		else if (what < 8)
-			n = rnd_below((uint32_t)n + 1);
+			n = tl_rnd_below((uint32_t)n + 1);
 		else
-			while (n < SEG_MAX - 1 && rnd_below(8))
-				f[n++] = (uint8_t)rnd();
+			while (n < SEG_MAX - 1 && tl_rnd_below(8))
+				f[n++] = (uint8_t)tl_rnd();
 	}
 	return n;
 }
@@ -633,38 +560,38 @@ static void account(struct fz_in *in, int n_in, const struct vn_rsc_out *o, uint
 
 static void fuzz_stream(uint8_t *arena, size_t arena_cap, uint32_t *seg_lens)
 {
-	struct vn_rsc *r = new_rsc(VN_RSC_MODE_GSO, 300 * US, VN_RSC_MIN_BYTES + rnd_below(
+	struct vn_rsc *r = new_rsc(VN_RSC_MODE_GSO, 300 * US, VN_RSC_MIN_BYTES + tl_rnd_below(
 					   VN_RSC_MAX_BYTES - VN_RSC_MIN_BYTES + 1),
-				   1 + rnd_below(4));
+				   1 + tl_rnd_below(4));
 	struct fz_in in[FUZZ_STREAM_MAX];
 	struct flow fl[3];
 	struct vn_rsc_out out[OUT_MAX];
 	static uint8_t f[SEG_MAX];
-	int n_in = 1 + (int)rnd_below(FUZZ_STREAM_MAX), i, j, k;
+	int n_in = 1 + (int)tl_rnd_below(FUZZ_STREAM_MAX), i, j, k;
 	uint64_t t = 0;
 
 	for (i = 0; i < 3; i++)
-		fl[i] = (struct flow){ .version = rnd_below(2) ? 4 : 6, .vlans = (int)rnd_below(3),
-				       .sport = (uint16_t)(7 + i), .seq = (uint32_t)rnd(),
-				       .ipid = (uint16_t)rnd() };
+		fl[i] = (struct flow){ .version = tl_rnd_below(2) ? 4 : 6, .vlans = (int)tl_rnd_below(3),
+				       .sport = (uint16_t)(7 + i), .seq = (uint32_t)tl_rnd(),
+				       .ipid = (uint16_t)tl_rnd() };
 	for (i = 0; i < n_in; i++) {
-		size_t n = fuzz_segment(f, &fl[rnd_below(3)]);
-		uint32_t what = rnd_below(100);
+		size_t n = fuzz_segment(f, &fl[tl_rnd_below(3)]);
+		uint32_t what = tl_rnd_below(100);
 
 		if (what < 8) {
 			n = fuzz_mutate(f, n);
 		} else if (what < 10) {
-			n = rnd_below(120);
+			n = tl_rnd_below(120);
 			for (j = 0; j < (int)n; j++)
-				f[j] = (uint8_t)rnd();
+				f[j] = (uint8_t)tl_rnd();
 		}
-		in[i].frame = xmalloc(n);
+		in[i].frame = tl_xmalloc(n);
 		memcpy(in[i].frame, f, n);
 		in[i].len = n;
 		in[i].used = 0;
-		t += (uint64_t)rnd_below(5) * 100 * US;
-		if (rnd_below(4) == 0) {
-			k = vn_rsc_poll(r, t, out, 1 + rnd_below(OUT_MAX - 1));
+		t += (uint64_t)tl_rnd_below(5) * 100 * US;
+		if (tl_rnd_below(4) == 0) {
+			k = vn_rsc_poll(r, t, out, 1 + tl_rnd_below(OUT_MAX - 1));
 			for (j = 0; j < k; j++)
 				account(in, i, &out[j], arena, arena_cap, seg_lens);
 		}
@@ -676,7 +603,7 @@ static void fuzz_stream(uint8_t *arena, size_t arena_cap, uint32_t *seg_lens)
 			account(in, i + 1, &out[j], arena, arena_cap, seg_lens);
 		}
 	}
-	while ((k = vn_rsc_flush(r, out, 1 + rnd_below(OUT_MAX - 1))) > 0)
+	while ((k = vn_rsc_flush(r, out, 1 + tl_rnd_below(OUT_MAX - 1))) > 0)
 		for (j = 0; j < k; j++)
 			account(in, n_in, &out[j], arena, arena_cap, seg_lens);
 	for (i = 0; i < n_in; i++) {
@@ -704,22 +631,22 @@ static void fuzz_stream_rsc(void)
 	struct vn_rsc_out out[OUT_MAX];
 	static uint8_t f[SEG_MAX];
 	unsigned long carried = 0;
-	int n_in = 1 + (int)rnd_below(FUZZ_STREAM_MAX), i, j, k;
+	int n_in = 1 + (int)tl_rnd_below(FUZZ_STREAM_MAX), i, j, k;
 
 	for (i = 0; i < n_in; i++) {
-		size_t n = fuzz_segment(f, &fl[rnd_below(2)]);
-		struct vn_net_hdr h = { .flags = (uint8_t)rnd(), .gso_type = (uint8_t)rnd() };
+		size_t n = fuzz_segment(f, &fl[tl_rnd_below(2)]);
+		struct vn_net_hdr h = { .flags = (uint8_t)tl_rnd(), .gso_type = (uint8_t)tl_rnd() };
 		const struct vn_net_hdr *hp = NULL;
 		uint8_t *copy;
 
-		if (rnd_below(8) == 0)
+		if (tl_rnd_below(8) == 0)
 			n = fuzz_mutate(f, n);
-		if (rnd_below(3) == 0) {
-			if (rnd_below(2))
+		if (tl_rnd_below(3) == 0) {
+			if (tl_rnd_below(2))
 				h = (struct vn_net_hdr){ .flags = VN_HDR_F_DATA_VALID };
 			hp = &h;
 		}
-		copy = xmalloc(n);
+		copy = tl_xmalloc(n);
 		memcpy(copy, f, n);
 		k = vn_rsc_push(r, hp, copy, n, (uint64_t)i * 100 * US, out, OUT_MAX);
 		for (j = 0; j < k; j++)
@@ -737,10 +664,10 @@ int main(int argc, char **argv)
 {
 	unsigned long iters = argc > 1 ? strtoul(argv[1], NULL, 0) : FUZZ_ITERS_DEFAULT;
 	size_t arena_cap = 70000 + 128 * 128;
-	uint8_t *arena = xmalloc(arena_cap);
+	uint8_t *arena = tl_xmalloc(arena_cap);
 	uint32_t seg_lens[128];
 
-	rng = argc > 2 ? strtoull(argv[2], NULL, 0) : FUZZ_SEED_DEFAULT;
+	tl.rng = argc > 2 ? strtoull(argv[2], NULL, 0) : FUZZ_SEED_DEFAULT;
 	test_bulk_gso(4);
 	test_bulk_gso(6);
 	test_rsc_mode();
@@ -749,14 +676,14 @@ int main(int argc, char **argv)
 	test_eviction();
 	test_batch();
 	test_refusals();
-	in_fuzz = 1;
-	for (fuzz_iter = 0; fuzz_iter < iters; fuzz_iter++) {
+	tl.in_fuzz = 1;
+	for (tl.fuzz_iter = 0; tl.fuzz_iter < iters; tl.fuzz_iter++) {
 		fuzz_stream(arena, arena_cap, seg_lens);
-		if (fuzz_iter % 4 == 0)
+		if (tl.fuzz_iter % 4 == 0)
 			fuzz_stream_rsc();
 	}
 	free(arena);
 	printf("test_rsc: %lu checks, %lu failed, %lu fuzz streams (%lu frames accounted for, "
-	       "%lu coalesced units split back)\n", n_checks, n_fail, iters, fz_frames, fz_units);
-	return n_fail ? 1 : 0;
+	       "%lu coalesced units split back)\n", tl.checks, tl.fails, iters, fz_frames, fz_units);
+	return tl.fails ? 1 : 0;
 }
