@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from oracle.test_rsc_gro_streams import (
     TCP_ACK,
@@ -136,16 +136,21 @@ def _take(pool: Counter, frame: bytes) -> None:
 
 
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 120), polls=st.booleans())
+@example(seed=131432815, n=103, polls=False)   # one frame twice, with and without a header
 @fuzz(300)
 def test_gso_mode_loses_changes_and_duplicates_nothing(seed: int, n: int, polls: bool) -> None:
     items = [(f, h, t) for f, h, t in stream(seed, n) if not (h and h.flags & 2)]
     co = Coalescer(interval_ns=300 * US, mode="gso", max_flows=3)
     out, kinds = _drive(co, items, polls)
     pool = Counter(f for f, _, _ in items)
-    hdrs = {f: h for f, h, _ in items}
+    # The same bytes may arrive twice with different headers (a stream repeats
+    # segments): a bypassed frame must carry one of the headers it came with.
+    hdrs: dict[bytes, list[VnetHdr]] = {}
+    for f, h, _ in items:
+        hdrs.setdefault(f, []).append(h or VnetHdr())
     for (hdr, frame), kind in zip(out, kinds, strict=True):
         if kind == OutKind.BYPASS:
-            assert hdr == (hdrs[frame] or VnetHdr())
+            assert hdr in hdrs[frame]
             _take(pool, frame)
         elif hdr.gso_type:
             assert kind == OutKind.UNIT
