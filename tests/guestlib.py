@@ -669,6 +669,13 @@ def _receive_exactly(lsock: socket.socket, size: int, got: dict[str, object]) ->
         got["error"] = e
 
 
+def tcp_out_segs(guest: Guest) -> int:
+    """The guest's TCP OutSegs (IPv4 and IPv6 share the MIB): segments it sent."""
+    lines = [ln.split() for ln in guest.check("grep '^Tcp:' /proc/net/snmp").splitlines()]
+    names, values = lines[0], lines[1]
+    return int(values[names.index("OutSegs")])
+
+
 def guest_to_host(guest: Guest, ns: GuestNetns, host_addr: str, size: int,
                   src: str = "/tmp/tx") -> str:
     """Send the guest's file SRC (SIZE bytes) with nc to a host socket; return the SHA-256
