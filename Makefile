@@ -47,7 +47,7 @@ define pytest_target
 	@echo "==> $@"
 	@$(PYTEST) $(PYTEST_FLAGS) $(1) > .$@.out 2>&1; rc=$$?; cat .$@.out; \
 	skipped=$$(grep -Eo '[0-9]+ skipped' .$@.out | head -1); rm -f .$@.out; \
-	if [ $$rc -eq 0 ]; then echo "SUCCESS $@ $${skipped:+($$skipped)}"; \
+	if [ $$rc -eq 0 ]; then echo "SUCCESS $@ ($${skipped:-0 skipped})"; \
 	elif [ $$rc -eq 5 ]; then echo "SKIPPED $@ (no tests collected)"; \
 	else echo "FAIL $@"; exit 1; fi
 endef
