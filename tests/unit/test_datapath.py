@@ -48,11 +48,13 @@ F_INDIRECT, F_EVENT_IDX = 1 << 28, 1 << 29
 HDR = 12
 
 
-class FakeGuest:
-    """A guest driver's view of one split virtqueue in a memfd."""
+class GuestRam:
+    """A guest's RAM in a sealed memfd, mapped by the data path as a VMM's would be,
+    with a bump allocator for buffers from `data` on.  The ring layouts live in
+    the subclasses (FakeGuest: split; test_datapath_packed.PackedGuest: packed)."""
 
-    def __init__(self, num: int = 256, features: int = 0, ram_size: int = RAM_SIZE):
-        self.fd = os.memfd_create("vn-test-guest", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    def __init__(self, num: int, ram_size: int, data: int, name: str = "vn-test-guest"):
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.fd, ram_size)
         # As QEMU's memory-backend-memfd does by default (seal=on).
         fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
@@ -61,11 +63,7 @@ class FakeGuest:
         self.mem.map([MemRegion(os.dup(self.fd), GPA, ram_size, UADDR, 0)])
         self.vring = Vring()
         self.num = num
-        self.vring.setup(self.mem, num, UADDR + DESC, UADDR + AVAIL, UADDR + USED, 0, features)
-        self.avail_idx = 0
-        self.used_seen = 0
-        self.next_buf = GPA + DATA
-        self.next_desc = 0
+        self.next_buf = GPA + data
 
     def close(self) -> None:
         self.vring.reset()
@@ -86,6 +84,17 @@ class FakeGuest:
 
     def read(self, gpa: int, n: int) -> bytes:
         return self.ram[gpa - GPA:gpa - GPA + n]
+
+
+class FakeGuest(GuestRam):
+    """A guest driver's view of one split virtqueue in a memfd."""
+
+    def __init__(self, num: int = 256, features: int = 0, ram_size: int = RAM_SIZE):
+        super().__init__(num, ram_size, DATA)
+        self.vring.setup(self.mem, num, UADDR + DESC, UADDR + AVAIL, UADDR + USED, 0, features)
+        self.avail_idx = 0
+        self.used_seen = 0
+        self.next_desc = 0
 
     # -- rings --
     def desc(self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0,

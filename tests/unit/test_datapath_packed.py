@@ -12,8 +12,6 @@ the end-to-end test with a real driver is tests/e2e/test_vionet_dpdk_packed.py.
 from __future__ import annotations
 
 import errno
-import fcntl
-import mmap
 import os
 import socket
 import struct
@@ -21,24 +19,20 @@ from collections.abc import Iterator
 
 import pytest
 from pktlib import IPPROTO_UDP, l4_frame
+from test_datapath import GPA, UADDR, GuestRam
 
 from vmdnet.offload import VnetHdr
 from vmdnet.vionet.datapath import (
     F_RING_PACKED,
     NO_BUFFERS,
-    GuestMemory,
-    MemRegion,
     RingBroken,
     RingError,
     RxConfig,
     RxPath,
     TxConfig,
     TxPath,
-    Vring,
 )
 
-GPA = 0x100000
-UADDR = 0x7F00_0000_0000
 RAM_SIZE = 4 << 20
 DESC, DRIVER_EVENT, DEVICE_EVENT = 0x0000, 0x80000, 0x80010   # offsets in RAM
 DATA = 0x90000
@@ -50,50 +44,21 @@ FEAT_INDIRECT, FEAT_EVENT_IDX = 1 << 28, 1 << 29
 HDR = 12
 
 
-class PackedGuest:
+class PackedGuest(GuestRam):
     """A guest driver's view of one packed virtqueue in a memfd."""
 
     def __init__(self, num: int = 256, features: int = 0):
-        self.fd = os.memfd_create("vn-test-packed", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        os.ftruncate(self.fd, RAM_SIZE)
-        # As QEMU's memory-backend-memfd does by default (seal=on).
-        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
-        self.ram = mmap.mmap(self.fd, RAM_SIZE)
-        self.mem = GuestMemory()
-        self.mem.map([MemRegion(os.dup(self.fd), GPA, RAM_SIZE, UADDR, 0)])
-        self.vring = Vring()
-        self.num = num
+        super().__init__(num, RAM_SIZE, DATA, name="vn-test-packed")
         self.features = features | F_RING_PACKED
         self.avail_slot, self.avail_wrap = 0, 1    # wrap counters start at 1
         self.used_slot, self.used_wrap = 0, 1
         self.next_id = 0
         self.ndesc: dict[int, int] = {}
-        self.next_buf = GPA + DATA
         self.setup(WRAP)
 
     def setup(self, base: int) -> None:
         self.vring.setup(self.mem, self.num, UADDR + DESC, UADDR + DRIVER_EVENT,
                          UADDR + DEVICE_EVENT, base, self.features)
-
-    def close(self) -> None:
-        self.vring.reset()
-        self.mem.unmap_all()
-        self.ram.close()
-        os.close(self.fd)
-
-    # -- memory --
-    def alloc(self, n: int) -> int:
-        gpa = self.next_buf
-        self.next_buf += (n + 63) & ~63
-        return gpa
-
-    def put(self, data: bytes) -> int:
-        gpa = self.alloc(len(data))
-        self.ram[gpa - GPA:gpa - GPA + len(data)] = data
-        return gpa
-
-    def read(self, gpa: int, n: int) -> bytes:
-        return self.ram[gpa - GPA:gpa - GPA + n]
 
     # -- the ring --
     def _avail_flags(self, wrap: int) -> int:
