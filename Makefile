@@ -36,7 +36,8 @@ install:
 	$(PYTHON) -m pip install -q .
 
 # Every regress target runs even if an earlier one failed; the summary decides.
-regress:
+# Sets itself up first (packages, build), so it is one command on a fresh machine.
+regress: deps all
 	@rm -f .regress.log
 	@for t in $(REGRESS_TARGETS); do $(MAKE) -s $$t || echo "FAIL $$t" >> .regress.log; done
 	@if [ -f .regress.log ]; then echo "regress: FAILED:"; cat .regress.log; rm -f .regress.log; exit 1; fi
