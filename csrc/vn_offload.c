@@ -59,19 +59,6 @@
 
 enum gso_kind { KIND_TCP, KIND_USO, KIND_UFO };
 
-static inline uint16_t load16(const uint8_t *p)
-{
-	uint16_t v;
-
-	memcpy(&v, p, 2);
-	return v;
-}
-
-static inline void store16(uint8_t *p, uint16_t v)
-{
-	memcpy(p, &v, 2);
-}
-
 /* One's complement 16-bit arithmetic on memory-order values (csum16_add). */
 static inline uint16_t csum16_add(uint16_t a, uint16_t b)
 {
@@ -245,7 +232,7 @@ static void complete_in_place(const struct vn_net_hdr *h, uint8_t *frame, size_t
 	size_t start = h->csum_start;
 	uint32_t sum = vn_csum_partial(frame + start, len - start, 0);
 
-	store16(frame + start + h->csum_offset, csum_final(sum, 1));
+	vn_store16(frame + start + h->csum_offset, csum_final(sum, 1));
 }
 
 /**
@@ -326,7 +313,7 @@ static void build_header(const struct gso_plan *g, uint8_t *dst)
 	memcpy(dst, g->f, ins);
 	dst[ins] = g->f[g->pkt.v6_prevhdr];
 	dst[ins + 1] = 0;
-	store16(dst + ins + 2, 0);
+	vn_store16(dst + ins + 2, 0);
 	vn_put32(dst + ins + 4, g->v6_frag_id);
 	memcpy(dst + ins + VN_IPV6_FRAG_HLEN, g->f + ins, g->hlen - ins);
 	dst[g->pkt.v6_prevhdr] = VN_IPPROTO_FRAGMENT;
@@ -358,7 +345,7 @@ static void fix_ip(const struct gso_plan *g, uint8_t *hdr, size_t hdr_bytes, uin
 		sum = vn_csum_add(g->ip_sum, htons(tot));
 		sum = vn_csum_add(sum, htons(id));
 		sum = vn_csum_add(sum, htons(frag));
-		store16(ip + 10, csum_final(sum, 0));
+		vn_store16(ip + 10, csum_final(sum, 0));
 		return;
 	}
 	{
@@ -389,7 +376,7 @@ static uint32_t fix_l4(const struct gso_plan *g, uint8_t *hdr, size_t hdr_bytes,
 	if (g->kind == KIND_TCP) {
 		uint16_t full = (uint16_t)(g->len - g->pkt.l4_off);
 		uint16_t seglen = (uint16_t)(g->pkt.l4_hlen + n);
-		uint32_t seed = load16(l4_in + TCP_CHECK_OFF);
+		uint32_t seed = vn_load16(l4_in + TCP_CHECK_OFF);
 		uint32_t seq = vn_get32(l4_in + 4) + (uint32_t)(i * g->mss);
 		uint8_t flags = l4_in[13];
 		uint16_t check;
@@ -403,24 +390,24 @@ static uint32_t fix_l4(const struct gso_plan *g, uint8_t *hdr, size_t hdr_bytes,
 		seed = vn_csum_add(seed, htons((uint16_t)~full));
 		seed = vn_csum_add(seed, htons(seglen));
 		check = vn_csum_fold(seed);
-		store16(l4 + TCP_CHECK_OFF, check);
+		vn_store16(l4 + TCP_CHECK_OFF, check);
 		seed = vn_csum_add(g->l4_sum, htonl(seq));
 		seed = vn_csum_add(seed, htons((uint16_t)(l4_in[12] << 8 | flags)));
 		return vn_csum_add(seed, check);
 	}
 	if (g->kind == KIND_USO) {
 		uint16_t newlen = htons((uint16_t)(VN_UDP_HLEN + n));
-		uint16_t check = csum16_add(csum16_sub(load16(l4_in + UDP_CHECK_OFF),
-						       load16(l4_in + 4)), newlen);
+		uint16_t check = csum16_add(csum16_sub(vn_load16(l4_in + UDP_CHECK_OFF),
+						       vn_load16(l4_in + 4)), newlen);
 
-		store16(l4 + 4, newlen);
-		store16(l4 + UDP_CHECK_OFF, check);
+		vn_store16(l4 + 4, newlen);
+		vn_store16(l4 + UDP_CHECK_OFF, check);
 		return vn_csum_add(vn_csum_add(g->l4_sum, newlen), check);
 	}
 	/* UFO: the first fragment carries the UDP header with the full checksum. */
 	if (i == 0 && hdr_bytes > g->l4_out) {
 		memcpy(l4, l4_in, VN_UDP_HLEN);
-		store16(l4 + UDP_CHECK_OFF, g->ufo_check);
+		vn_store16(l4 + UDP_CHECK_OFF, g->ufo_check);
 	}
 	return 0;
 }
@@ -523,7 +510,7 @@ static int emit_segments(struct gso_plan *g, struct seg_out *o)
 			size_t field = g->l4_out +
 				(g->kind == KIND_TCP ? TCP_CHECK_OFF : UDP_CHECK_OFF);
 
-			store16(hdr + field, csum_final(sum, mangle_zero));
+			vn_store16(hdr + field, csum_final(sum, mangle_zero));
 		}
 	}
 	return (int)g->nsegs;
@@ -549,7 +536,7 @@ static int emit_single(const struct vn_net_hdr *h, const uint8_t *f, size_t len,
 		/* Summed with the field as the guest left it, as the kernel does. */
 		uint32_t sum = vn_csum_partial(f + h->csum_start, len - h->csum_start, 0);
 
-		store16(dst + h->csum_start + h->csum_offset, csum_final(sum, 1));
+		vn_store16(dst + h->csum_start + h->csum_offset, csum_final(sum, 1));
 	}
 	if (o->iov) {
 		o->iov[0].iov_base = dst;
@@ -706,7 +693,7 @@ int vn_verify(const uint8_t *frame, size_t len)
 
 		if (ulen < VN_UDP_HLEN || ulen > l4len)
 			return 0;
-		if (load16(l4 + UDP_CHECK_OFF) == 0)
+		if (vn_load16(l4 + UDP_CHECK_OFF) == 0)
 			return pkt.ip_version == 4;
 		l4len = ulen;
 	}

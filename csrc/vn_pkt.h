@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* VN_CDEF_BEGIN */
 #define VN_ETH_HLEN 14
@@ -59,6 +60,21 @@ static inline uint16_t vn_get16(const uint8_t *p)
 static inline uint32_t vn_get32(const uint8_t *p)
 {
 	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* 16 bits as stored (memory order, for one's complement sums), any alignment. */
+static inline uint16_t vn_load16(const uint8_t *p)
+{
+	uint16_t v;
+
+	memcpy(&v, p, 2);
+	return v;
+}
+
+/* Store 16 bits in memory order, any alignment. */
+static inline void vn_store16(uint8_t *p, uint16_t v)
+{
+	memcpy(p, &v, 2);
 }
 
 static inline void vn_put16(uint8_t *p, uint16_t v)

@@ -200,21 +200,6 @@ struct outq {
 	uint32_t n, cap;
 };
 
-/* 16 bits as stored (memory order), any alignment. */
-static inline uint16_t load16(const uint8_t *p)
-{
-	uint16_t v;
-
-	memcpy(&v, p, 2);
-	return v;
-}
-
-/* Store 16 bits in memory order, any alignment. */
-static inline void store16(uint8_t *p, uint16_t v)
-{
-	memcpy(p, &v, 2);
-}
-
 /* A sum of bytes at odd offsets, moved to even ones (RFC 1071 byte swap). */
 static inline uint16_t bswap16(uint16_t v)
 {
@@ -235,7 +220,7 @@ static inline uint32_t hdr_sum(const uint8_t *p, size_t n, uint32_t init)
 		acc += w;
 	}
 	if (i < n)
-		acc += load16(p + i);
+		acc += vn_load16(p + i);
 	acc = (acc & 0xffffffffu) + (acc >> 32);
 	return (uint32_t)((acc & 0xffffffffu) + (acc >> 32));
 }
@@ -584,8 +569,8 @@ static void fix_ip_len(struct rsc_flow *fl)
 
 	if (fl->version == 4) {
 		vn_put16(ip + 2, fl->ip_len);
-		store16(ip + 10, 0);
-		store16(ip + 10, (uint16_t)~vn_csum_fold(hdr_sum(ip, VN_IPV4_HLEN, 0)));
+		vn_store16(ip + 10, 0);
+		vn_store16(ip + 10, (uint16_t)~vn_csum_fold(hdr_sum(ip, VN_IPV4_HLEN, 0)));
 	} else {
 		vn_put16(ip + 4, (uint16_t)(fl->ip_len - VN_IPV6_HLEN));
 	}
@@ -598,7 +583,7 @@ static void finish_gso(struct vn_rsc *r, struct rsc_flow *fl, struct vn_net_hdr 
 	uint32_t tcp_len = fl->len - fl->l4;
 
 	fix_ip_len(fl);
-	store16(fl->buf + fl->l4 + TCP_CHECK_OFF,
+	vn_store16(fl->buf + fl->l4 + TCP_CHECK_OFF,
 		vn_csum_fold(pseudo_sum(ip, fl->version, tcp_len)));
 	h->flags = VN_HDR_F_NEEDS_CSUM;
 	h->gso_type = fl->version == 4 ? VN_GSO_TCPV4 : VN_GSO_TCPV6;
@@ -615,11 +600,11 @@ static void finish_rsc(struct vn_rsc *r, struct rsc_flow *fl, struct vn_net_hdr 
 	uint32_t sum;
 
 	fix_ip_len(fl);
-	store16(t + TCP_CHECK_OFF, 0);
+	vn_store16(t + TCP_CHECK_OFF, 0);
 	sum = pseudo_sum(ip, fl->version, fl->len - fl->l4);
 	sum = hdr_sum(t, (size_t)(fl->pay - fl->l4), sum);
 	sum = vn_csum_add(sum, fl->psum);
-	store16(t + TCP_CHECK_OFF, (uint16_t)~vn_csum_fold(sum));
+	vn_store16(t + TCP_CHECK_OFF, (uint16_t)~vn_csum_fold(sum));
 	h->flags = (uint8_t)(VN_HDR_F_RSC_INFO | (r->cfg.data_valid ? VN_HDR_F_DATA_VALID : 0));
 	h->gso_type = fl->version == 4 ? VN_GSO_TCPV4 : VN_GSO_TCPV6;
 	h->hdr_len = fl->pay;

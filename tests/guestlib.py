@@ -83,6 +83,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from vmdnet.daemon import procs
+
 log = logging.getLogger(__name__)
 
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
@@ -613,13 +615,7 @@ def skip_reason() -> str | None:
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = PROC_GRACE) -> None:
     """Terminate a process we started, kill it after GRACE seconds, reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(grace)
+    procs.stop_process(proc, grace)
 
 
 def set_offloads(guest: Guest, mode: str, ifname: str = "eth0") -> None:
